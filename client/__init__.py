@@ -1,0 +1,1 @@
+"""fedmammo: client package."""

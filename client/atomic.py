@@ -1,0 +1,48 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it into place.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final location.
+    write : callable
+        Writes the content to the path it is given.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
+    """Write ``frame`` to ``path`` as Parquet, atomically."""
+    return atomic_write(path, lambda p: frame.to_parquet(p, index=False))

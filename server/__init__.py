@@ -1,0 +1,1 @@
+"""fedmammo: server package."""

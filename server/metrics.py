@@ -1,0 +1,442 @@
+"""Performance and fairness metrics computed on the server from confusion counts alone.
+
+Every function takes ``(C, C)`` count matrices (rows = true class, columns =
+predicted class), as produced by :mod:`client.evaluation`, so nothing here needs
+per-sample data. Rates for class ``k`` are one-vs-rest:
+
+* ``TPR_k = P(Ŷ = k | Y = k)``  = ``cm[k, k] / cm[k, :].sum()``
+* ``FPR_k = P(Ŷ = k | Y ≠ k)``  = ``(cm[:, k].sum() - cm[k, k]) / (N - cm[k, :].sum())``
+
+and are NaN when their denominator is zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+if TYPE_CHECKING:
+    from client.evaluation import SiteCounts
+
+
+def _as_cm(cm: np.ndarray) -> np.ndarray:
+    arr = np.asarray(cm)
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+        raise ValueError(f"confusion matrix must be square (C, C), got shape {arr.shape}")
+    if (arr < 0).any():
+        raise ValueError("confusion matrix has negative counts")
+    return arr
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Elementwise ``num / den`` with NaN where ``den == 0``, without warnings."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    out = np.full(np.broadcast(num, den).shape, np.nan)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def _tpr_all(cm: np.ndarray) -> np.ndarray:
+    cm = _as_cm(cm)
+    return _ratio(np.diag(cm), cm.sum(axis=1))
+
+
+def _fpr_all(cm: np.ndarray) -> np.ndarray:
+    cm = _as_cm(cm)
+    support = cm.sum(axis=1)
+    return _ratio(cm.sum(axis=0) - np.diag(cm), cm.sum() - support)
+
+
+def f1_per_class(cm: np.ndarray) -> np.ndarray:
+    """Return one-vs-rest F1 of every class.
+
+    Parameters
+    ----------
+    cm : np.ndarray
+        ``(C, C)`` confusion counts, rows true, columns predicted.
+
+    Returns
+    -------
+    np.ndarray
+        Length ``C``; equals ``sklearn.metrics.f1_score(..., labels=range(C),
+        average=None, zero_division=0)``: ``2 TP / (2 TP + FP + FN)``, 0 when that
+        denominator is 0.
+
+    """
+    cm = _as_cm(cm)
+    tp = np.diag(cm).astype(float)
+    den = (cm.sum(axis=0) + cm.sum(axis=1)).astype(float)  # = 2 TP + FP + FN
+    out = np.zeros(cm.shape[0])
+    np.divide(2 * tp, den, out=out, where=den != 0)
+    return out
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    """Return macro-F1 over the classes present in ``y_true ∪ y_pred``.
+
+    Parameters
+    ----------
+    cm : np.ndarray
+        ``(C, C)`` confusion counts.
+
+    Returns
+    -------
+    float
+        Equals ``sklearn.metrics.f1_score(y_true, y_pred, average="macro",
+        zero_division=0)``: a class with an empty row *and* column never occurs in
+        either label vector, so sklearn leaves it out of the mean. NaN if ``cm`` is
+        all zeros.
+
+    """
+    cm = _as_cm(cm)
+    present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    if not present.any():
+        return math.nan
+    return float(f1_per_class(cm)[present].mean())
+
+
+def true_positive_rate(cm: np.ndarray, k: int) -> float:
+    """Return ``P(Ŷ = k | Y = k)`` (NaN if class ``k`` has no samples).
+
+    Parameters
+    ----------
+    cm : np.ndarray
+        ``(C, C)`` confusion counts.
+    k : int
+        Class index.
+
+    Returns
+    -------
+    float
+        One-vs-rest true positive rate of class ``k``.
+
+    """
+    return float(_tpr_all(cm)[k])
+
+
+def false_positive_rate(cm: np.ndarray, k: int) -> float:
+    """Return ``P(Ŷ = k | Y ≠ k)`` (NaN if every sample is of class ``k``).
+
+    Parameters
+    ----------
+    cm : np.ndarray
+        ``(C, C)`` confusion counts.
+    k : int
+        Class index.
+
+    Returns
+    -------
+    float
+        One-vs-rest false positive rate of class ``k``.
+
+    """
+    return float(_fpr_all(cm)[k])
+
+
+def equal_opportunity_difference(cm_g1: np.ndarray, cm_g2: np.ndarray, k: int) -> float:
+    """Return the paper's EOD for class ``k``: ``TPR_k(g1) − TPR_k(g2)``.
+
+    Parameters
+    ----------
+    cm_g1, cm_g2 : np.ndarray
+        ``(C, C)`` confusion counts of groups ``g1`` and ``g2``.
+    k : int
+        Class index.
+
+    Returns
+    -------
+    float
+        Signed difference; 0 is fair, NaN if either TPR is undefined.
+
+    Notes
+    -----
+    FairMedFM's ``"eod"`` is a different quantity: a binary equalized-odds *score*
+    ``1 − ((max TPR − min TPR) + (max TNR − min TNR)) / 2`` over groups (1 = fair);
+    its TPR gap is what it calls ``"eo"``. Do not compare the numbers directly.
+
+    """
+    return true_positive_rate(cm_g1, k) - true_positive_rate(cm_g2, k)
+
+
+def average_odds_difference(cm_g1: np.ndarray, cm_g2: np.ndarray, k: int) -> float:
+    """Return the paper's AOD for class ``k``: ``EOD + (FPR_k(g1) − FPR_k(g2))``.
+
+    Parameters
+    ----------
+    cm_g1, cm_g2 : np.ndarray
+        ``(C, C)`` confusion counts of groups ``g1`` and ``g2``.
+    k : int
+        Class index.
+
+    Returns
+    -------
+    float
+        Signed sum of the TPR and FPR differences; 0 is fair, range ``[-2, 2]``.
+
+    Notes
+    -----
+    The paper's AOD has **no ½ factor**: it is the *sum* of the two differences,
+    i.e. twice the usual AIF360 ``average_odds_difference``
+    (``½ [(FPR₁ − FPR₂) + (TPR₁ − TPR₂)]``). We keep the paper's definition so
+    values are comparable with its Fig. 2. FairMedFM's ``"eod"`` is yet another
+    quantity (see :func:`equal_opportunity_difference`).
+
+    """
+    fpr_diff = false_positive_rate(cm_g1, k) - false_positive_rate(cm_g2, k)
+    return equal_opportunity_difference(cm_g1, cm_g2, k) + fpr_diff
+
+
+def _spread(values: np.ndarray) -> float:
+    """Return ``max − min`` ignoring NaN; NaN if nothing is defined."""
+    finite = values[~np.isnan(values)]
+    return float(finite.max() - finite.min()) if finite.size else math.nan
+
+
+class GroupMetrics:
+    """Per-group metrics from per-group confusion counts, like fairlearn's ``MetricFrame``.
+
+    Parameters
+    ----------
+    counts : Mapping[str, np.ndarray]
+        Group name to ``(C, C)`` confusion counts. Groups are kept in sorted order
+        so every result is deterministic.
+    class_names : Sequence[str]
+        Names of the ``C`` classes, in index order.
+
+    """
+
+    def __init__(self, counts: Mapping[str, np.ndarray], class_names: Sequence[str]) -> None:
+        if not counts:
+            raise ValueError("GroupMetrics needs at least one group")
+        self.class_names: list[str] = [str(name) for name in class_names]
+        c = len(self.class_names)
+        self.counts: dict[str, np.ndarray] = {}
+        for group in sorted(counts):
+            cm = _as_cm(counts[group])
+            if cm.shape != (c, c):
+                raise ValueError(f"group {group!r} has shape {cm.shape}, expected {(c, c)}")
+            self.counts[group] = cm
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Mapping[tuple[str, str], np.ndarray],
+        group_kind: str,
+        class_names: Sequence[str],
+    ) -> GroupMetrics:
+        """Select one group kind from :func:`aggregate_counts` output.
+
+        Parameters
+        ----------
+        counts : Mapping[tuple[str, str], np.ndarray]
+            ``(group_kind, group) -> (C, C)`` counts.
+        group_kind : str
+            Kind to keep, e.g. ``"site"`` or ``"density"``.
+        class_names : Sequence[str]
+            Names of the ``C`` classes.
+
+        Returns
+        -------
+        GroupMetrics
+            Metrics over the groups of that kind.
+
+        """
+        selected = {group: cm for (kind, group), cm in counts.items() if kind == group_kind}
+        if not selected:
+            raise ValueError(f"no counts for group kind {group_kind!r}")
+        return cls(selected, class_names)
+
+    @property
+    def groups(self) -> list[str]:
+        """Group names, sorted."""
+        return list(self.counts)
+
+    @property
+    def overall(self) -> np.ndarray:
+        """Counts summed over all groups (in sorted order)."""
+        return sum(self.counts.values(), np.zeros_like(next(iter(self.counts.values()))))
+
+    def by_group(self) -> pd.DataFrame:
+        """Return one row per (group, class) with support, tpr, fpr and f1.
+
+        Returns
+        -------
+        pd.DataFrame
+            Columns ``group, class, support, tpr, fpr, f1``; ``support`` is the number
+            of samples whose true class is ``class``.
+
+        """
+        rows = [
+            pd.DataFrame(
+                {
+                    "group": group,
+                    "class": self.class_names,
+                    "support": cm.sum(axis=1),
+                    "tpr": _tpr_all(cm),
+                    "fpr": _fpr_all(cm),
+                    "f1": f1_per_class(cm),
+                }
+            )
+            for group, cm in self.counts.items()
+        ]
+        return pd.concat(rows, ignore_index=True)
+
+    def macro_f1(self) -> pd.Series:
+        """Return macro-F1 per group, a ``Series`` indexed by group."""
+        values = [macro_f1(cm) for cm in self.counts.values()]
+        return pd.Series(values, index=pd.Index(self.groups, name="group"), name="macro_f1")
+
+    def difference_vs_rest(self) -> pd.DataFrame:
+        """Return EOD and AOD of each group against the pooled counts of all others.
+
+        The paper defines EOD/AOD for a *pair* of groups; with ten sites that gives
+        45 pairs per class. Comparing each group with the rest yields one number per
+        group × class, which is what the paper's Fig. 2 heatmap (sites × density
+        classes) shows. With a single group the rest is empty and the result is NaN.
+
+        Returns
+        -------
+        pd.DataFrame
+            Columns ``group, class, eod, aod``, one row per (group, class).
+
+        """
+        rows = []
+        for group, cm in self.counts.items():
+            rest = sum(
+                (other for name, other in self.counts.items() if name != group),
+                np.zeros_like(cm),
+            )
+            eod = _tpr_all(cm) - _tpr_all(rest)
+            aod = eod + (_fpr_all(cm) - _fpr_all(rest))
+            rows.append(
+                pd.DataFrame({"group": group, "class": self.class_names, "eod": eod, "aod": aod})
+            )
+        return pd.concat(rows, ignore_index=True)
+
+    def max_gap(self) -> pd.DataFrame:
+        """Return, per class, the largest pairwise EOD and AOD over the groups.
+
+        ``eod_max_gap = max_g TPR − min_g TPR`` and ``aod_max_gap = max_g (TPR + FPR)
+        − min_g (TPR + FPR)``, the largest values the paper's pairwise definitions
+        reach. Groups where a rate is undefined are skipped.
+
+        Returns
+        -------
+        pd.DataFrame
+            Columns ``class, eod_max_gap, aod_max_gap``.
+
+        """
+        tpr = np.stack([_tpr_all(cm) for cm in self.counts.values()])
+        odds = tpr + np.stack([_fpr_all(cm) for cm in self.counts.values()])
+        return pd.DataFrame(
+            {
+                "class": self.class_names,
+                "eod_max_gap": [_spread(tpr[:, k]) for k in range(tpr.shape[1])],
+                "aod_max_gap": [_spread(odds[:, k]) for k in range(odds.shape[1])],
+            }
+        )
+
+
+def aggregate_counts(sites: Iterable[SiteCounts]) -> dict[tuple[str, str], np.ndarray]:
+    """Sum confusion counts with the same ``(group_kind, group)`` across sites.
+
+    Parameters
+    ----------
+    sites : Iterable[SiteCounts]
+        One entry per site; site names must be unique.
+
+    Returns
+    -------
+    dict[tuple[str, str], np.ndarray]
+        Summed counts, keys sorted; empty if ``sites`` is empty.
+
+    Raises
+    ------
+    ValueError
+        If sites disagree on ``n_classes`` or a site appears twice.
+
+    """
+    by_name: dict[str, SiteCounts] = {}
+    for site in sites:
+        if site.site in by_name:
+            raise ValueError(f"site {site.site!r} appears more than once")
+        by_name[site.site] = site
+    if len({s.n_classes for s in by_name.values()}) > 1:
+        found = {name: s.n_classes for name, s in sorted(by_name.items())}
+        raise ValueError(f"sites disagree on n_classes: {found}")
+    total: dict[tuple[str, str], np.ndarray] = {}
+    for name in sorted(by_name):
+        for key, cm in sorted(by_name[name].counts.items()):
+            total[key] = total[key] + cm if key in total else np.array(cm, copy=True)
+    return dict(sorted(total.items()))
+
+
+def site_summary(f1_by_site: Mapping[str, float]) -> dict[str, float | int | str | None]:
+    """Summarise per-site F1 as in the paper's Table 3.
+
+    Parameters
+    ----------
+    f1_by_site : Mapping[str, float]
+        Site name to F1; NaN (e.g. a site without the label) is ignored.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``sd`` (sample SD, ddof=1; 0.0 for one site), ``worst`` (min),
+        ``worst_site`` (first in name order on ties), ``n_sites`` (sites used) and
+        ``n_missing`` (NaN sites). Statistics are NaN and ``worst_site`` None if no
+        site has a value.
+
+    """
+    valid = {s: float(v) for s, v in sorted(f1_by_site.items()) if not math.isnan(v)}
+    n_missing = len(f1_by_site) - len(valid)
+    if not valid:
+        return {
+            "mean": math.nan,
+            "sd": math.nan,
+            "worst": math.nan,
+            "worst_site": None,
+            "n_sites": 0,
+            "n_missing": n_missing,
+        }
+    values = np.fromiter(valid.values(), dtype=float)
+    worst_site = min(valid, key=valid.__getitem__)
+    return {
+        "mean": float(values.mean()),
+        "sd": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        "worst": valid[worst_site],
+        "worst_site": worst_site,
+        "n_sites": int(values.size),
+        "n_missing": n_missing,
+    }
+
+
+def wilcoxon_greater(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    """Return the one-sided Wilcoxon signed-rank p-value for "a > b" across sites.
+
+    Parameters
+    ----------
+    a, b : Mapping[str, float]
+        Site name to a score (e.g. F1) for two methods.
+
+    Returns
+    -------
+    float
+        ``scipy.stats.wilcoxon(a, b, alternative="greater").pvalue`` paired on the
+        sites where both have a non-NaN value; NaN with fewer than 2 such sites or
+        when all differences are zero (the test is undefined).
+
+    """
+    paired = [s for s in sorted(set(a) & set(b)) if not (math.isnan(a[s]) or math.isnan(b[s]))]
+    if len(paired) < 2:
+        return math.nan
+    x = np.array([a[s] for s in paired], dtype=float)
+    y = np.array([b[s] for s in paired], dtype=float)
+    if np.all(x == y):
+        return math.nan
+    return float(stats.wilcoxon(x, y, alternative="greater").pvalue)

@@ -1,0 +1,146 @@
+"""The pooled (centralised) study: Individual probes per site and methods on all sites.
+
+The pooled run is "one client that holds every site": the same training core
+(`strategies.core`) and the same client-side evaluation (`client.evaluation`) as the
+federated run, with all sites' rows in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from client.evaluation import SiteCounts, age_band, site_counts
+from client.feature_store import SiteFeatures
+from client.schema import encode_labels, task_classes
+from server.history import ALL_SITES, RunKey, empty_history, rows_from_counts
+from sim.experiment import Experiment
+from strategies.core import ArrayData, FitResult, fit, predict
+
+log = logging.getLogger("fedmammo")
+
+
+@dataclass(frozen=True)
+class SiteTask:
+    """One site's rows for one task: its training data and its test split."""
+
+    name: str
+    train: ArrayData
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_groups: dict[str, np.ndarray | None]
+
+
+def site_task(entry: SiteFeatures, task: str, domain: int) -> SiteTask | None:
+    """Select a site's labelled rows for ``task``; None (and a log line) if it has none.
+
+    Parameters
+    ----------
+    entry : SiteFeatures
+        The site's store entry.
+    task : str
+        Task name.
+    domain : int
+        Index of this site among the task's sites (its domain label).
+
+    Returns
+    -------
+    SiteTask or None
+        None when the site has no labelled training or test scan for the task.
+    """
+    m = entry.manifest
+    y = encode_labels(m[task].reset_index(drop=True), task)
+    train = (y >= 0) & (m["split"].to_numpy() == "train")
+    test = (y >= 0) & (m["split"].to_numpy() == "test")
+    site = entry.provenance.site
+    if not train.any() or not test.any():
+        log.info("skipping site %s for task %s: %d labelled train / %d test scans",
+                 site, task, int(train.sum()), int(test.sum()))
+        return None
+    n = int(train.sum())
+    data = ArrayData(entry.features[train], y[train], np.full(n, domain), np.full(n, domain),
+                     m["patient_id"].to_numpy()[train])
+    groups = {
+        "density": m["density"].to_numpy(dtype=object)[test] if task != "density" else None,
+        "age_band": age_band(m["age"].to_numpy(dtype=np.float64)[test]),
+    }
+    return SiteTask(site, data, entry.features[test], y[test], groups)
+
+
+def concat(parts: list[ArrayData]) -> ArrayData:
+    """Stack several sites' training rows."""
+    fields = ("x", "y", "domain", "group", "patient")
+    return ArrayData(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+
+def evaluate(result: FitResult, tasks: Mapping[str, SiteTask], n_classes: int) -> list[SiteCounts]:
+    """Each test site's confusion counts for one model (what a client would send)."""
+    return [
+        site_counts(t.name, t.test_y, predict(result.model, t.test_x), n_classes, t.test_groups)
+        for t in tasks.values()
+    ]
+
+
+def _jobs(exp: Experiment, tasks: Mapping[str, SiteTask]) -> list[tuple[str, str, list[str]]]:
+    """(method, trained_on, training sites) for every model the experiment trains."""
+    jobs = []
+    if exp.study.individual:
+        jobs += [(exp.study.individual_method, s, [s]) for s in tasks]
+    jobs += [(m, ALL_SITES, list(tasks)) for m in exp.study.methods]
+    return jobs
+
+
+def run_task(
+    exp: Experiment, fm: str, task: str, entries: Mapping[str, SiteFeatures],
+    advance: Callable[[int], None] = lambda _n: None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and evaluate every model of one (FM, task).
+
+    Parameters
+    ----------
+    exp : Experiment
+        The experiment.
+    fm, task : str
+        Which FM profile and task.
+    entries : mapping of str to SiteFeatures
+        Every site's store entry for this FM.
+    advance : callable
+        Called with 1 after each trained model (progress display).
+
+    Returns
+    -------
+    tuple of pandas.DataFrame
+        The history rows and the chosen hyperparameters of each model.
+    """
+    classes = task_classes(task)
+    present = [s for s in entries if entries[s].manifest[task].notna().any()]
+    tasks = {}
+    for site in entries:
+        st = site_task(entries[site], task, present.index(site)) if site in present else None
+        if st is None and site not in present:
+            log.info("skipping site %s for task %s: no %s labels", site, task, task)
+        if st is not None:
+            tasks[site] = st
+    frames, hps = [empty_history()], []
+    for method, trained_on, train_sites in _jobs(exp, tasks):
+        data = concat([tasks[s].train for s in train_sites])
+        result = fit(method, data, len(classes), max(len(present), 1), exp.method_config(method),
+                     do_search=exp.protocol.search, folds=exp.protocol.folds, seed=exp.protocol.seed)
+        key = RunKey("pooled", fm, task, method, trained_on)
+        frames.append(rows_from_counts(key, evaluate(result, tasks, len(classes)), classes, task))
+        hps.append({"fm": fm, "task": task, "method": method, "trained_on": trained_on,
+                    "batch_size": result.hparams.batch_size, "lr": result.hparams.lr,
+                    "epochs": result.hparams.epochs, "n_train": len(data)})
+        advance(1)
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(hps)
+
+
+def count_jobs(exp: Experiment, entries: Mapping[str, SiteFeatures], task: str) -> int:
+    """How many models `run_task` will train (for the progress bar)."""
+    labelled = sum(1 for e in entries.values() if (e.manifest[task].notna()
+                   & (e.manifest["split"] == "train")).any())
+    return (labelled if exp.study.individual else 0) + len(exp.study.methods)

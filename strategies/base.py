@@ -1,0 +1,147 @@
+"""The method interface every strategy file implements, and the registry.
+
+A method (DomainBed's ``Algorithm``, in spirit) is a `torch.nn.Module` with a local
+objective on one batch of (features, label, domain, subgroup) and a prediction; the
+training core (`strategies.core`) calls nothing else, so pooled and federated training
+share it. A method registers itself with `register`; nothing outside its file names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a method needs to know about the data it will see.
+
+    Attributes
+    ----------
+    in_dim : int
+        Feature dimension of the FM.
+    n_classes : int
+        Classes of the task (all of them, also those absent from this training set).
+    n_domains : int
+        Number of domains (training sites, or sensitive-attribute groups).
+    class_weights : tuple of float
+        Weight of each class in the weighted cross-entropy (0 for absent classes).
+    """
+
+    in_dim: int
+    n_classes: int
+    n_domains: int
+    class_weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One minibatch: features, labels, domain (site) and subgroup indices."""
+
+    x: Tensor
+    y: Tensor
+    domain: Tensor
+    group: Tensor
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Optimisation defaults and the hyperparameter search space (paper §3).
+
+    Defaults are the paper's protocol: batch size {8, 16, 32} × learning rate
+    {1e-3, 1e-4, 1e-5}, 3-fold CV, 20 epochs per candidate, 50 epochs to retrain.
+    ``searchable=False`` fixes ``batch_size``/``lr``/``epochs`` (FADES in the paper).
+    """
+
+    batch_size: int = 32
+    lr: float = 1e-3
+    epochs: int = 50
+    search_epochs: int = 20
+    batch_sizes: tuple[int, ...] = (8, 16, 32)
+    lrs: tuple[float, ...] = (1e-3, 1e-4, 1e-5)
+    searchable: bool = True
+
+
+class Method(nn.Module):
+    """Base class of all methods.
+
+    Subclasses set ``config_cls``, build their modules in ``__init__`` and implement
+    `objective` and `forward` (class logits). `update` is one optimiser step on a batch.
+    """
+
+    name: ClassVar[str] = ""
+    #: Row label in tables (the paper's spelling); defaults to the registered name.
+    label: ClassVar[str] = ""
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
+        super().__init__()
+        self.spec = spec
+        self.config = config
+        self.register_buffer("class_weights", torch.tensor(spec.class_weights, dtype=torch.float32))
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def configure_optimizer(self, lr: float) -> None:
+        """Create the optimiser (Adam) once the modules exist."""
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+
+    def begin_epoch(self, progress: float) -> None:
+        """Hook called before each epoch with training progress in [0, 1)."""
+
+    def objective(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """Return the loss to minimise on ``batch`` and scalar logs."""
+        raise NotImplementedError
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """Take one optimiser step on ``batch``; returns the objective's logs."""
+        assert self.optimizer is not None, "call configure_optimizer first"
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, logs = self.objective(batch)
+        loss.backward()
+        self.optimizer.step()
+        return logs
+
+
+def weighted_cross_entropy(logits: Tensor, y: Tensor, weights: Tensor) -> Tensor:
+    r"""The paper's weighted cross-entropy, :math:`\frac1N \sum_i w_{y_i} \ell_i`.
+
+    Notes
+    -----
+    The paper (§2) averages over N, not over the weights' sum as
+    ``F.cross_entropy(weight=...)`` does; the two differ by a constant factor per batch.
+    """
+    return (weights[y] * F.cross_entropy(logits, y, reduction="none")).mean()
+
+
+REGISTRY: dict[str, type[Method]] = {}
+M = TypeVar("M", bound=type[Method])
+
+
+def register(name: str) -> Callable[[M], M]:
+    """Class decorator adding a method to `REGISTRY` under ``name``."""
+
+    def wrap(cls: M) -> M:
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        cls.label = cls.__dict__.get("label") or name
+        REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_method(name: str) -> type[Method]:
+    """Look a method up by name, listing the known ones on a miss."""
+    from strategies import load_all  # the registry fills on import of the method files
+
+    load_all()
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}") from None
