@@ -23,6 +23,12 @@ MANIFEST_COLUMNS: Final[tuple[str, ...]] = (
     "density", "diagnosis", "split",
 )
 
+#: Age bands of the fairness analysis (paper §3.4), in code order.
+AGE_BANDS: Final[tuple[str, ...]] = ("<40", "40-70", ">70")
+
+#: Sensitive attributes other than the site, with their number of subgroups.
+SENSITIVE_SIZES: Final[dict[str, int]] = {"density": len(TASKS["density"]), "age_band": len(AGE_BANDS)}
+
 SPLITS: Final[tuple[str, ...]] = ("train", "test")
 
 

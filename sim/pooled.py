@@ -16,10 +16,10 @@ import pandas as pd
 
 from client.evaluation import SiteCounts, age_band, site_counts
 from client.feature_store import SiteFeatures
-from client.schema import encode_labels, task_classes
+from client.schema import AGE_BANDS, encode_labels, task_classes
 from server.history import ALL_SITES, RunKey, empty_history, rows_from_counts
 from sim.experiment import Experiment
-from strategies.core import ArrayData, FitResult, fit, predict
+from strategies.core import ArrayData, FitResult, concat, fit, predict
 
 log = logging.getLogger("fedmammo")
 
@@ -62,19 +62,18 @@ def site_task(entry: SiteFeatures, task: str, domain: int) -> SiteTask | None:
                  site, task, int(train.sum()), int(test.sum()))
         return None
     n = int(train.sum())
-    data = ArrayData(entry.features[train], y[train], np.full(n, domain), np.full(n, domain),
-                     m["patient_id"].to_numpy()[train])
+    bands = age_band(m["age"].to_numpy(dtype=np.float64))
+    attrs = {
+        "density": encode_labels(m["density"].reset_index(drop=True), "density")[train],
+        "age_band": np.array([AGE_BANDS.index(b) if b is not None else -1 for b in bands[train]]),
+    }
+    data = ArrayData(entry.features[train], y[train], np.full(n, domain),
+                     m["patient_id"].to_numpy()[train], attrs)
     groups = {
         "density": m["density"].to_numpy(dtype=object)[test] if task != "density" else None,
-        "age_band": age_band(m["age"].to_numpy(dtype=np.float64)[test]),
+        "age_band": bands[test],
     }
     return SiteTask(site, data, entry.features[test], y[test], groups)
-
-
-def concat(parts: list[ArrayData]) -> ArrayData:
-    """Stack several sites' training rows."""
-    fields = ("x", "y", "domain", "group", "patient")
-    return ArrayData(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
 
 def evaluate(result: FitResult, tasks: Mapping[str, SiteTask], n_classes: int) -> list[SiteCounts]:

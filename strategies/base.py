@@ -31,17 +31,29 @@ class TaskSpec:
         Number of domains (training sites, or sensitive-attribute groups).
     class_weights : tuple of float
         Weight of each class in the weighted cross-entropy (0 for absent classes).
+    n_groups : int
+        Number of subgroups of the method's sensitive attribute (``Batch.group``);
+        equals ``n_domains`` when the attribute is the site.
     """
 
     in_dim: int
     n_classes: int
     n_domains: int
     class_weights: tuple[float, ...]
+    n_groups: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_groups == 0:
+            object.__setattr__(self, "n_groups", self.n_domains)
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One minibatch: features, labels, domain (site) and subgroup indices."""
+    """One minibatch: features, labels, domain (site) and subgroup indices.
+
+    ``group`` holds codes of the method's sensitive attribute (``MethodConfig.sensitive``);
+    ``-1`` marks a row whose attribute is unknown, which group terms must ignore.
+    """
 
     x: Tensor
     y: Tensor
@@ -56,6 +68,8 @@ class MethodConfig:
     Defaults are the paper's protocol: batch size {8, 16, 32} × learning rate
     {1e-3, 1e-4, 1e-5}, 3-fold CV, 20 epochs per candidate, 50 epochs to retrain.
     ``searchable=False`` fixes ``batch_size``/``lr``/``epochs`` (FADES in the paper).
+    ``sensitive`` selects the attribute behind ``Batch.group``: the site (the paper's
+    domain), ``density`` or ``age_band``.
     """
 
     batch_size: int = 32
@@ -65,6 +79,7 @@ class MethodConfig:
     batch_sizes: tuple[int, ...] = (8, 16, 32)
     lrs: tuple[float, ...] = (1e-3, 1e-4, 1e-5)
     searchable: bool = True
+    sensitive: str = "site"
 
 
 class Method(nn.Module):

@@ -7,7 +7,8 @@ where the data sits differs (DESIGN principle 1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from itertools import product
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
+from client.schema import SENSITIVE_SIZES
 from strategies.base import Batch, Method, MethodConfig, TaskSpec, get_method
 
 PREDICT_CHUNK = 8192
@@ -31,25 +33,43 @@ class ArrayData:
     y : numpy.ndarray
         int64 class indices (n,), all labelled.
     domain : numpy.ndarray
-        int64 domain index of each row (the training site, by default).
-    group : numpy.ndarray
-        int64 subgroup index (the sensitive attribute; the domain by default).
+        int64 domain index of each row: its site among the task's sites.
     patient : numpy.ndarray
         Patient ids, so that CV folds never split a patient.
+    attributes : dict of str to numpy.ndarray
+        Other sensitive attributes as int64 codes, ``-1`` where unknown: ``density``
+        (A–D → 0–3) and ``age_band`` (<40, 40–70, >70 → 0–2).
     """
 
     x: np.ndarray
     y: np.ndarray
     domain: np.ndarray
-    group: np.ndarray
     patient: np.ndarray
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def take(self, idx: np.ndarray) -> ArrayData:
         """Rows ``idx`` as a new `ArrayData`."""
-        return ArrayData(self.x[idx], self.y[idx], self.domain[idx], self.group[idx], self.patient[idx])
+        attrs = {k: v[idx] for k, v in self.attributes.items()}
+        return ArrayData(self.x[idx], self.y[idx], self.domain[idx], self.patient[idx], attrs)
+
+    def group_index(self, kind: str) -> np.ndarray:
+        """Subgroup codes of the sensitive attribute ``kind`` (``site`` = the domain)."""
+        if kind == "site":
+            return self.domain
+        if kind not in SENSITIVE_SIZES:
+            raise KeyError(f"unknown sensitive attribute {kind!r}; expected one of {sorted(SENSITIVE_SIZES)}")
+        return self.attributes.get(kind, np.full(len(self), -1, dtype=np.int64))
+
+
+def concat(parts: Sequence[ArrayData]) -> ArrayData:
+    """Stack several sites' rows (attributes missing at a site become -1)."""
+    kinds = sorted({k for p in parts for k in p.attributes})
+    attrs = {k: np.concatenate([p.group_index(k) for p in parts]) for k in kinds}
+    fields = ("x", "y", "domain", "patient")
+    return ArrayData(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields), attrs)
 
 
 @dataclass(frozen=True)
@@ -92,17 +112,18 @@ def class_weights(y: np.ndarray, n_classes: int) -> tuple[float, ...]:
     return tuple(float(w) for w in weights)
 
 
-def make_spec(data: ArrayData, n_classes: int, n_domains: int) -> TaskSpec:
-    """The `TaskSpec` of a training set."""
-    return TaskSpec(int(data.x.shape[1]), n_classes, n_domains, class_weights(data.y, n_classes))
+def make_spec(data: ArrayData, n_classes: int, n_domains: int, sensitive: str = "site") -> TaskSpec:
+    """Return the `TaskSpec` of a training set for a method whose subgroups are ``sensitive``."""
+    n_groups = n_domains if sensitive == "site" else SENSITIVE_SIZES[sensitive]
+    return TaskSpec(int(data.x.shape[1]), n_classes, n_domains, class_weights(data.y, n_classes), n_groups)
 
 
-def _tensors(data: ArrayData) -> tuple[torch.Tensor, ...]:
+def _tensors(data: ArrayData, sensitive: str) -> tuple[torch.Tensor, ...]:
     return (
         torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)),
         torch.from_numpy(data.y.astype(np.int64)),
         torch.from_numpy(data.domain.astype(np.int64)),
-        torch.from_numpy(data.group.astype(np.int64)),
+        torch.from_numpy(data.group_index(sensitive).astype(np.int64)),
     )
 
 
@@ -159,7 +180,7 @@ def fit_epochs(model: Method, data: ArrayData, hp: HParams, seed: int, start: fl
     float
         Mean training loss of the last epoch.
     """
-    x, y, domain, group = _tensors(data)
+    x, y, domain, group = _tensors(data, model.config.sensitive)
     gen = torch.Generator().manual_seed(seed)
     n = len(data)
     model.train()
@@ -228,7 +249,7 @@ def search(
     splits = cv_folds(data, folds, seed)
     for (bs, lr), (f, (tr, va)) in product(product(config.batch_sizes, config.lrs), enumerate(splits)):
         part = data.take(tr)
-        model = train(method, part, make_spec(part, n_classes, n_domains), config,
+        model = train(method, part, make_spec(part, n_classes, n_domains, config.sensitive), config,
                       HParams(bs, lr, config.search_epochs), seed + f)
         acc = float((predict(model, data.x[va]) == data.y[va]).mean())
         rows.append({"batch_size": bs, "lr": lr, "fold": f, "accuracy": acc})
@@ -273,7 +294,7 @@ def fit(
     hp, cv = HParams(config.batch_size, config.lr, config.epochs), pd.DataFrame()
     if do_search and config.searchable:
         hp, cv = search(method, data, n_classes, n_domains, config, folds, seed)
-    model = train(method, data, make_spec(data, n_classes, n_domains), config, hp, seed)
+    model = train(method, data, make_spec(data, n_classes, n_domains, config.sensitive), config, hp, seed)
     return FitResult(model, hp, cv)
 
 
