@@ -20,7 +20,7 @@ from sim.sites import DEFAULT_SITES, load_sites
 from sim.synthetic import PROFILES
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+from client.evaluation import site_counts
+from server.history import METRIC_COLUMNS, RunKey, rows_from_counts
+from server.tables import individual_rows, table3_cells, table3_markdown
+
+
+def _sites(seed=0, n_sites=4):
+    rng = np.random.default_rng(seed)
+    out, raw = [], {}
+    for s in range(n_sites):
+        n = 200
+        y = rng.integers(0, 3, n)
+        pred = np.where(rng.random(n) < 0.6 + 0.1 * s, y, rng.integers(0, 3, n))
+        dens = rng.choice(np.array(["A", "B", "C", "D", None], dtype=object), n)
+        age = rng.uniform(30, 85, n)
+        from client.evaluation import age_band
+
+        out.append(site_counts(f"S{s}", y, pred, 3, {"density": dens, "age_band": age_band(age)}))
+        raw[f"S{s}"] = (y, pred)
+    return out, raw
+
+
+def test_rows_match_sklearn_and_schema():
+    counts, raw = _sites()
+    df = rows_from_counts(RunKey("pooled", "fm", "diagnosis", "m", "all"), counts,
+                          ("healthy", "benign", "malignant"))
+    assert tuple(df.columns) == METRIC_COLUMNS
+    for site, (y, pred) in raw.items():
+        got = df[(df.site == site) & (df.metric == "f1") & (df["class"] == "macro")]["value"].item()
+        assert abs(got - f1_score(y, pred, average="macro")) < 1e-9
+    f1s = [f1_score(y, p, average="macro") for y, p in raw.values()]
+    mean = df[(df.metric == "f1_mean")]["value"].item()
+    worst = df[(df.metric == "f1_worst")]["value"].item()
+    assert abs(mean - np.mean(f1s)) < 1e-12 and abs(worst - min(f1s)) < 1e-12
+    kinds = set(df[df.metric == "aod"]["group_kind"])
+    assert kinds == {"site", "density", "age_band"}
+
+
+def test_label_kind_is_skipped():
+    counts, _ = _sites()
+    df = rows_from_counts(RunKey("pooled", "fm", "density", "m", "all"), counts, ("a", "b", "c"),
+                          label_kind="density")
+    assert "density" not in set(df["group_kind"])
+
+
+def _history():
+    rows = []
+    rng = np.random.default_rng(1)
+    sites = [f"S{i}" for i in range(6)]
+    for fm, boost in (("good", 0.2), ("bad", 0.0)):
+        for i in sites:
+            for j in sites:
+                v = 0.7 + boost if i == j else 0.3 + boost + rng.uniform(0, 0.05)
+                rows.append((fm, "unified", i, j, v))
+        for j in sites:
+            rows.append((fm, "unified", "all", j, 0.6 + boost + rng.uniform(0, 0.05)))
+    df = pd.DataFrame(rows, columns=["fm", "method", "trained_on", "site", "value"])
+    df = df.assign(mode="pooled", task="density", round=None, group_kind="site", group=df.site,
+                   metric="f1", **{"class": "macro"})
+    return df
+
+
+def test_individual_rows_are_the_flamby_matrix():
+    h = _history()
+    rows = individual_rows(h[h.fm == "good"])
+    assert all(abs(v - 0.9) < 1e-12 for v in rows["Indiv. (internal)"].values())
+    sub = h[(h.fm == "good") & (h.trained_on != "all")]
+    col = sub[sub.site == "S0"]
+    assert abs(rows["Indiv. (overall)"]["S0"] - col.value.mean()) < 1e-12
+    assert abs(rows["Indiv. (external)"]["S0"] - col[col.trained_on != "S0"].value.mean()) < 1e-12
+
+
+def test_table3_marks_significance():
+    h = _history()
+    cells = table3_cells(h, "density", ["good", "bad"], {"unified": "Unified"})
+    ext = cells[(cells.row == "Indiv. (external)") & (cells.fm == "good")].iloc[0]
+    assert ext["p_vs_ref_method_less"] < 0.05 and "▼" in ext["marks"]
+    bad = cells[(cells.row == "Unified") & (cells.fm == "bad")].iloc[0]
+    assert bad["p_vs_ref_fm_less"] < 0.05 and "†" in bad["marks"]
+    md = table3_markdown(cells, "density", ["good", "bad"])
+    assert "| Unified | **0.8" in md and md.count("\n|") == 6
