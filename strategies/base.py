@@ -69,7 +69,8 @@ class MethodConfig:
     {1e-3, 1e-4, 1e-5}, 3-fold CV, 20 epochs per candidate, 50 epochs to retrain.
     ``searchable=False`` fixes ``batch_size``/``lr``/``epochs`` (FADES in the paper).
     ``sensitive`` selects the attribute behind ``Batch.group``: the site (the paper's
-    domain), ``density`` or ``age_band``.
+    domain), ``density`` or ``age_band``. ``weight_decay`` is Adam's L2 penalty (the
+    paper names none: 0 by default).
     """
 
     batch_size: int = 32
@@ -80,6 +81,7 @@ class MethodConfig:
     lrs: tuple[float, ...] = (1e-3, 1e-4, 1e-5)
     searchable: bool = True
     sensitive: str = "site"
+    weight_decay: float = 0.0
 
 
 class Method(nn.Module):
@@ -102,8 +104,8 @@ class Method(nn.Module):
         self.optimizer: torch.optim.Optimizer | None = None
 
     def configure_optimizer(self, lr: float) -> None:
-        """Create the optimiser (Adam) once the modules exist."""
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        """Create the optimiser (Adam, with the config's L2 penalty) once the modules exist."""
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=self.config.weight_decay)
 
     def begin_epoch(self, progress: float) -> None:
         """Hook called before each epoch with training progress in [0, 1)."""
@@ -131,6 +133,28 @@ def weighted_cross_entropy(logits: Tensor, y: Tensor, weights: Tensor) -> Tensor
     ``F.cross_entropy(weight=...)`` does; the two differ by a constant factor per batch.
     """
     return (weights[y] * F.cross_entropy(logits, y, reduction="none")).mean()
+
+
+def known_group_cross_entropy(logits: Tensor, group: Tensor) -> Tensor:
+    """Mean cross-entropy over rows with a known group (``group >= 0``); 0 when none.
+
+    Parameters
+    ----------
+    logits : Tensor
+        Group logits (n, n_groups).
+    group : Tensor
+        Group codes (n,), ``-1`` where unknown.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+    """
+    known = group >= 0
+    # Clamping gives unknown rows a valid index; the mask then zeroes their term, and
+    # avoiding boolean indexing keeps shapes static (no host sync on a GPU).
+    per_row = F.cross_entropy(logits, group.clamp(min=0), reduction="none")
+    return (per_row * known).sum() / known.sum().clamp(min=1)
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -1,0 +1,63 @@
+"""Wall time of the paper's full HP protocol for Unified on one FM × task at scale 1.
+
+Baseline, measured in the same run: one retrain with fixed hyperparameters (50 epochs,
+batch 32) on the same data. The ratio says how many "plain fits" the protocol costs.
+
+    python benchmarks/bench_protocol.py [--fm mammoclip] [--task density] [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from client.feature_store import read_entry
+from sim.experiment import Experiment, ProtocolConfig, StudyConfig
+from sim.pooled import concat, site_task
+from sim.runner import write_synthetic_store
+from sim.sites import load_sites
+from strategies.core import fit
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fm", default="mammoclip")
+    parser.add_argument("--task", default="density")
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    sites = load_sites()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic_store(tmp, sites, [args.fm], args.scale, 0, show_progress=False)
+        entries = [read_entry(tmp, args.fm, s.name) for s in sites]
+    tasks = [t for i, e in enumerate(entries) if (t := site_task(e, args.task, i)) is not None]
+    data = concat([t.train for t in tasks])
+    exp = Experiment(name="bench", study=StudyConfig(fms=(args.fm,), tasks=(args.task,)),
+                     protocol=ProtocolConfig())
+    config = exp.method_config("unified")
+    t0 = time.perf_counter()
+    fit("unified", data, 4 if args.task == "density" else 3, len(tasks), config, do_search=False)
+    baseline = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = fit("unified", data, 4 if args.task == "density" else 3, len(tasks), config, do_search=True)
+    protocol = time.perf_counter() - t0
+    out = {"bench": "protocol", "fm": args.fm, "task": args.task, "scale": args.scale,
+           "n_train": len(data), "baseline_single_fit_s": round(baseline, 2),
+           "full_protocol_s": round(protocol, 2), "ratio": round(protocol / baseline, 1),
+           "chosen": {"batch_size": result.hparams.batch_size, "lr": result.hparams.lr},
+           "torch_threads": torch.get_num_threads()}
+    print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,181 @@
+"""FairDisCO: confusion and contrastive losses by hand, the stop-gradient head, training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+from strategies.base import Batch, TaskSpec
+from strategies.core import ArrayData, fit, predict
+from strategies.fairdisco import FairDisCo, FairDisCoConfig, confusion_loss, supervised_contrastive_loss
+
+D, C, G = 12, 3, 4
+
+
+def _model(seed: int = 0, **changes) -> FairDisCo:
+    torch.manual_seed(seed)
+    spec = TaskSpec(in_dim=D, n_classes=C, n_domains=G, class_weights=(1.0,) * C)
+    return FairDisCo(spec, FairDisCoConfig(bottleneck=16, proj_hidden=32, proj_dim=8, **changes))
+
+
+def _batch(n: int = 10, seed: int = 0) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D, generator=gen)
+    y = torch.randint(0, C, (n,), generator=gen)
+    domain = torch.randint(0, G, (n,), generator=gen)
+    return Batch(x, y, domain, domain.clone())
+
+
+def test_defaults_are_the_reference_ones():
+    cfg = FairDisCoConfig()
+    assert (cfg.alpha, cfg.beta, cfg.temperature, cfg.bottleneck) == (1.0, 0.8, 0.1, 256)
+
+
+def test_confusion_loss_is_minimal_with_zero_gradient_at_the_uniform_distribution():
+    k = 5
+    # Equal logits within a row are the uniform distribution, whatever their level.
+    uniform = (torch.randn(6, 1) * 3).repeat(1, k).requires_grad_()
+    loss = confusion_loss(uniform)
+    assert float(loss.detach()) == pytest.approx(math.log(k))
+    (grad,) = torch.autograd.grad(loss, uniform)
+    assert grad.abs().max() < 1e-7
+    torch.manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(6, k) * 2
+        p = logits.softmax(dim=1)
+        hand = -torch.log(p).mean()  # mean over rows and classes of -log p
+        torch.testing.assert_close(confusion_loss(logits), hand)
+        assert float(confusion_loss(logits)) > math.log(k)
+
+
+def test_confusion_loss_mask_keeps_only_selected_rows():
+    logits = torch.randn(6, 3)
+    mask = torch.tensor([True, False, True, True, False, False])
+    torch.testing.assert_close(confusion_loss(logits, mask), confusion_loss(logits[mask]))
+    assert float(confusion_loss(logits, torch.zeros(6, dtype=torch.bool))) == 0.0
+
+
+def test_supervised_contrastive_loss_matches_a_hand_computation():
+    # Points at angles 0°, ~53°, 90°, ~143°; the first is scaled to check normalisation.
+    z = torch.tensor([[2.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.8, 0.6]])
+    y = torch.tensor([0, 0, 1, 1])
+    t = 0.5
+    # Cosines: s01 = 0.6, s02 = 0, s03 = -0.8, s12 = 0.8, s13 = 0, s23 = 0.6.
+    e = math.exp
+    pair_01 = -math.log(e(0.6 / t) / (e(0.6 / t) + e(0.0 / t) + e(-0.8 / t)))  # negatives 2, 3
+    pair_10 = -math.log(e(0.6 / t) / (e(0.6 / t) + e(0.8 / t) + e(0.0 / t)))
+    pair_23 = -math.log(e(0.6 / t) / (e(0.6 / t) + e(0.0 / t) + e(0.8 / t)))  # negatives 0, 1
+    pair_32 = -math.log(e(0.6 / t) / (e(0.6 / t) + e(-0.8 / t) + e(0.0 / t)))
+    expected = (pair_01 + pair_10 + pair_23 + pair_32) / 4
+    assert float(supervised_contrastive_loss(z, y, t)) == pytest.approx(expected, rel=1e-6)
+
+
+def _pairwise_oracle(z: torch.Tensor, y: list[int], t: float) -> float:
+    """Table 1 of the paper, as plain Python loops over ordered positive pairs."""
+    rows = [[float(v) for v in r] for r in z]
+    units = [[v / math.sqrt(sum(u * u for u in r)) for v in r] for r in rows]
+    cos = [[sum(a * b for a, b in zip(ri, rj, strict=True)) for rj in units] for ri in units]
+    terms = []
+    for i in range(len(y)):
+        negatives = sum(math.exp(cos[i][k] / t) for k in range(len(y)) if y[k] != y[i])
+        for j in range(len(y)):
+            if j != i and y[j] == y[i]:
+                terms.append(-math.log(math.exp(cos[i][j] / t) / (math.exp(cos[i][j] / t) + negatives)))
+    return sum(terms) / len(terms) if terms else 0.0
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0, 1, 1], [0, 0, 1, 2, 2, 2], [0, 1, 1, 2]])
+def test_supervised_contrastive_loss_scores_each_positive_pair_against_negatives(labels):
+    # [0, 1, 1, 2]: anchors 0 and 3 have no positive and only serve as negatives.
+    z = torch.randn(len(labels), 3, generator=torch.Generator().manual_seed(len(labels)))
+    got = supervised_contrastive_loss(z, torch.tensor(labels), 0.1)
+    assert float(got) == pytest.approx(_pairwise_oracle(z, labels, 0.1), rel=1e-5)
+
+
+@pytest.mark.parametrize(("n", "labels"), [(1, [0]), (3, [0, 1, 2]), (3, [1, 1, 1])])
+def test_supervised_contrastive_loss_degenerate_batches(n, labels):
+    z = torch.randn(n, 4, requires_grad=True)
+    loss = supervised_contrastive_loss(z, torch.tensor(labels), 0.1)
+    # No positive pair, or positives with no negative to be confused with: nothing to learn.
+    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-6)
+    (grad,) = torch.autograd.grad(loss, z)
+    assert torch.isfinite(grad).all()
+
+
+def test_attribute_cross_entropy_on_detached_h_does_not_reach_the_bottleneck():
+    model = _model()
+    b = _batch()
+    h = model.embed(b.x)
+    conf, attr = model.attribute_terms(h, b.group)
+    torch.testing.assert_close(attr, F.cross_entropy(model.attribute(h), b.group))
+    bottleneck = list(model.bottleneck.parameters())
+    for g in torch.autograd.grad(attr, bottleneck, retain_graph=True, allow_unused=True):
+        assert g is None or not g.any()
+    assert all(g.abs().max() > 0 for g in torch.autograd.grad(attr, model.attribute.parameters(),
+                                                              retain_graph=True))
+    # The confusion term is the one that shapes h.
+    assert all(g.abs().max() > 0 for g in torch.autograd.grad(conf, bottleneck, retain_graph=True))
+
+
+def test_objective_gradient_on_the_bottleneck_omits_the_attribute_cross_entropy():
+    model = _model(seed=1)
+    b = _batch(seed=1)
+    loss, logs = model.objective(b)
+    bottleneck = list(model.bottleneck.parameters())
+    total = torch.autograd.grad(loss, bottleneck)
+    h = model.embed(b.x)
+    cfg = model.config
+    model.projection.train()
+    shaping = (F.cross_entropy(model.classifier(h), b.y) + cfg.alpha * confusion_loss(model.attribute(h))
+               + cfg.beta * supervised_contrastive_loss(model.projection(h), b.y, cfg.temperature))
+    for t, s in zip(total, torch.autograd.grad(shaping, bottleneck), strict=True):
+        torch.testing.assert_close(t, s)
+    parts = logs["label"] + cfg.alpha * logs["conf"] + logs["attr"] + cfg.beta * logs["supcon"]
+    assert logs["loss"] == pytest.approx(parts, rel=1e-6)
+
+
+def test_unknown_groups_are_left_out_of_both_attribute_terms():
+    model = _model()
+    b = _batch(n=12)
+    group = b.group.clone()
+    group[::4] = -1
+    known = group >= 0
+    h = model.embed(b.x)
+    conf, attr = model.attribute_terms(h, group)
+    torch.testing.assert_close(conf, confusion_loss(model.attribute(h[known])))
+    torch.testing.assert_close(attr, F.cross_entropy(model.attribute(h[known]), group[known]))
+    _, logs = model.objective(Batch(b.x, b.y, b.domain, torch.full_like(group, -1)))
+    assert logs["conf"] == 0.0 and logs["attr"] == 0.0 and logs["label"] > 0.0
+
+
+def test_updates_change_the_model_and_predictions_have_class_shape():
+    model = _model()
+    model.configure_optimizer(1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    for i in range(3):
+        logs = model.update(_batch(seed=i))
+        assert {"loss", "label", "conf", "attr", "supcon"} <= set(logs)
+        assert all(isinstance(v, float) and math.isfinite(v) for v in logs.values())
+    assert model.update(_batch(n=1, seed=9))["supcon"] == 0.0  # BatchNorm cannot take one row
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(7, D)).shape == (7, C)
+
+
+@pytest.mark.parametrize("sensitive", ["site", "density"])
+def test_fit_trains_fairdisco_through_the_core(sensitive):
+    rng = np.random.default_rng(0)
+    n = 97  # batches of 32 leave a one-row remainder
+    y = rng.integers(0, C, n)
+    x = (rng.normal(size=(C, D))[y] * 3 + rng.normal(size=(n, D))).astype(np.float32)
+    density = np.where(rng.random(n) < 0.3, -1, rng.integers(0, 4, n))
+    data = ArrayData(x, y, rng.integers(0, G, n), np.arange(n), {"density": density})
+    cfg = FairDisCoConfig(bottleneck=32, proj_hidden=32, proj_dim=16, epochs=15, sensitive=sensitive)
+    res = fit("fairdisco", data, C, G, cfg, do_search=False)
+    assert res.model.attribute.out_features == {"site": G, "density": 4}[sensitive]
+    assert (predict(res.model, data.x) == data.y).mean() > 0.8
