@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from client.evaluation import GROUP_KINDS, SiteCounts
-from server.metrics import GroupMetrics, aggregate_counts, f1_per_class, macro_f1, site_summary
+from server.groups import GroupMetrics
+from server.metrics import aggregate_counts, f1_per_class, macro_f1, site_summary
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "mode", "fm", "task", "method", "trained_on", "round",

@@ -1,0 +1,168 @@
+"""Per-group metrics from per-group confusion counts (fairlearn ``MetricFrame`` in spirit)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from server.metrics import (
+    _as_cm,
+    _fpr_all,
+    _tpr_all,
+    f1_per_class,
+    macro_f1,
+)
+
+
+def _spread(values: np.ndarray) -> float:
+    """Return ``max − min`` ignoring NaN; NaN if nothing is defined."""
+    finite = values[~np.isnan(values)]
+    return float(finite.max() - finite.min()) if finite.size else math.nan
+
+
+class GroupMetrics:
+    """Per-group metrics from per-group confusion counts, like fairlearn's ``MetricFrame``.
+
+    Parameters
+    ----------
+    counts : Mapping[str, np.ndarray]
+        Group name to ``(C, C)`` confusion counts. Groups are kept in sorted order
+        so every result is deterministic.
+    class_names : Sequence[str]
+        Names of the ``C`` classes, in index order.
+
+    """
+
+    def __init__(self, counts: Mapping[str, np.ndarray], class_names: Sequence[str]) -> None:
+        if not counts:
+            raise ValueError("GroupMetrics needs at least one group")
+        self.class_names: list[str] = [str(name) for name in class_names]
+        c = len(self.class_names)
+        self.counts: dict[str, np.ndarray] = {}
+        for group in sorted(counts):
+            cm = _as_cm(counts[group])
+            if cm.shape != (c, c):
+                raise ValueError(f"group {group!r} has shape {cm.shape}, expected {(c, c)}")
+            self.counts[group] = cm
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Mapping[tuple[str, str], np.ndarray],
+        group_kind: str,
+        class_names: Sequence[str],
+    ) -> GroupMetrics:
+        """Select one group kind from :func:`aggregate_counts` output.
+
+        Parameters
+        ----------
+        counts : Mapping[tuple[str, str], np.ndarray]
+            ``(group_kind, group) -> (C, C)`` counts.
+        group_kind : str
+            Kind to keep, e.g. ``"site"`` or ``"density"``.
+        class_names : Sequence[str]
+            Names of the ``C`` classes.
+
+        Returns
+        -------
+        GroupMetrics
+            Metrics over the groups of that kind.
+
+        """
+        selected = {group: cm for (kind, group), cm in counts.items() if kind == group_kind}
+        if not selected:
+            raise ValueError(f"no counts for group kind {group_kind!r}")
+        return cls(selected, class_names)
+
+    @property
+    def groups(self) -> list[str]:
+        """Group names, sorted."""
+        return list(self.counts)
+
+    @property
+    def overall(self) -> np.ndarray:
+        """Counts summed over all groups (in sorted order)."""
+        return sum(self.counts.values(), np.zeros_like(next(iter(self.counts.values()))))
+
+    def by_group(self) -> pd.DataFrame:
+        """Return one row per (group, class) with support, tpr, fpr and f1.
+
+        Returns
+        -------
+        pd.DataFrame
+            Columns ``group, class, support, tpr, fpr, f1``; ``support`` is the number
+            of samples whose true class is ``class``.
+
+        """
+        rows = [
+            pd.DataFrame(
+                {
+                    "group": group,
+                    "class": self.class_names,
+                    "support": cm.sum(axis=1),
+                    "tpr": _tpr_all(cm),
+                    "fpr": _fpr_all(cm),
+                    "f1": f1_per_class(cm),
+                }
+            )
+            for group, cm in self.counts.items()
+        ]
+        return pd.concat(rows, ignore_index=True)
+
+    def macro_f1(self) -> pd.Series:
+        """Return macro-F1 per group, a ``Series`` indexed by group."""
+        values = [macro_f1(cm) for cm in self.counts.values()]
+        return pd.Series(values, index=pd.Index(self.groups, name="group"), name="macro_f1")
+
+    def difference_vs_rest(self) -> pd.DataFrame:
+        """Return EOD and AOD of each group against the pooled counts of all others.
+
+        The paper defines EOD/AOD for a *pair* of groups; with ten sites that gives
+        45 pairs per class. Comparing each group with the rest yields one number per
+        group × class, which is what the paper's Fig. 2 heatmap (sites × density
+        classes) shows. With a single group the rest is empty and the result is NaN.
+
+        Returns
+        -------
+        pd.DataFrame
+            Columns ``group, class, eod, aod``, one row per (group, class).
+
+        """
+        rows = []
+        for group, cm in self.counts.items():
+            rest = sum(
+                (other for name, other in self.counts.items() if name != group),
+                np.zeros_like(cm),
+            )
+            eod = _tpr_all(cm) - _tpr_all(rest)
+            aod = eod + (_fpr_all(cm) - _fpr_all(rest))
+            rows.append(
+                pd.DataFrame({"group": group, "class": self.class_names, "eod": eod, "aod": aod})
+            )
+        return pd.concat(rows, ignore_index=True)
+
+    def max_gap(self) -> pd.DataFrame:
+        """Return, per class, the largest pairwise EOD and AOD over the groups.
+
+        ``eod_max_gap = max_g TPR − min_g TPR`` and ``aod_max_gap = max_g (TPR + FPR)
+        − min_g (TPR + FPR)``, the largest values the paper's pairwise definitions
+        reach. Groups where a rate is undefined are skipped.
+
+        Returns
+        -------
+        pd.DataFrame
+            Columns ``class, eod_max_gap, aod_max_gap``.
+
+        """
+        tpr = np.stack([_tpr_all(cm) for cm in self.counts.values()])
+        odds = tpr + np.stack([_fpr_all(cm) for cm in self.counts.values()])
+        return pd.DataFrame(
+            {
+                "class": self.class_names,
+                "eod_max_gap": [_spread(tpr[:, k]) for k in range(tpr.shape[1])],
+                "aod_max_gap": [_spread(odds[:, k]) for k in range(odds.shape[1])],
+            }
+        )
