@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from client.feature_store import read_entry
+from client.local import site_task
 from sim.experiment import Experiment, ProtocolConfig, StudyConfig
-from sim.pooled import concat, site_task
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
-from strategies.core import fit
+from strategies.core import concat, fit
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,3 +47,36 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
     """Write ``frame`` to ``path`` as Parquet, atomically."""
     return atomic_write(path, lambda p: frame.to_parquet(p, index=False))
+
+
+def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill a temporary sibling folder with ``write(tmp)``, then rename it to ``target``.
+
+    Parameters
+    ----------
+    target : str or Path
+        Final folder; an existing one is replaced.
+    write : callable
+        Writes the folder's files into the path it is given.
+
+    Returns
+    -------
+    Path
+        ``target``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+        tmp.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

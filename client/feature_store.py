@@ -13,9 +13,6 @@ so a reader never sees a half-written entry and a crash loses nothing that was c
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from client.atomic import atomic_dir
 from client.schema import validate_manifest
 
 STORE_VERSION = 1
@@ -112,28 +110,13 @@ def write_entry(
         )
     validate_manifest(manifest, where)
     _check_finite(features, manifest, where)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{provenance.site}.tmp-", dir=target.parent))
-    try:
+    def fill(tmp: Path) -> None:
         np.save(tmp / FEATURES, np.ascontiguousarray(features, dtype=np.float32))
         manifest.reset_index(drop=True).to_parquet(tmp / INDEX, index=False)
         (tmp / PROVENANCE).write_text(json.dumps(asdict(provenance), indent=2, sort_keys=True))
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(target, fill)
     return target
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Replace ``target`` by ``tmp`` with renames only (atomic on one filesystem)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_entry(root: str | Path, fm: str, site: str) -> SiteFeatures:

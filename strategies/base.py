@@ -8,7 +8,7 @@ share it. A method registers itself with `register`; nothing outside its file na
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
@@ -69,8 +69,9 @@ class MethodConfig:
     {1e-3, 1e-4, 1e-5}, 3-fold CV, 20 epochs per candidate, 50 epochs to retrain.
     ``searchable=False`` fixes ``batch_size``/``lr``/``epochs`` (FADES in the paper).
     ``sensitive`` selects the attribute behind ``Batch.group``: the site (the paper's
-    domain), ``density`` or ``age_band``. ``weight_decay`` is Adam's L2 penalty (the
-    paper names none: 0 by default).
+    domain), ``density`` or ``age_band``. ``weight_decay`` is the L2 penalty (the
+    paper names none: 0 by default). ``optimizer`` is ``adam`` (ours; the paper names
+    none) or ``sgd`` (plain gradient descent, e.g. to compare FedAvg with pooled GD).
     """
 
     batch_size: int = 32
@@ -82,6 +83,7 @@ class MethodConfig:
     searchable: bool = True
     sensitive: str = "site"
     weight_decay: float = 0.0
+    optimizer: str = "adam"
 
 
 class Method(nn.Module):
@@ -104,11 +106,18 @@ class Method(nn.Module):
         self.optimizer: torch.optim.Optimizer | None = None
 
     def configure_optimizer(self, lr: float) -> None:
-        """Create the optimiser (Adam, with the config's L2 penalty) once the modules exist."""
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=self.config.weight_decay)
+        """Create the optimiser named by the config once the modules exist."""
+        self.optimizer = make_optimizer(self.parameters(), self.config, lr)
 
     def begin_epoch(self, progress: float) -> None:
         """Hook called before each epoch with training progress in [0, 1)."""
+
+    def begin_round(self, config: dict[str, object]) -> None:
+        """Hook called on a federated client after the global model is loaded."""
+
+    def round_metrics(self) -> dict[str, float]:
+        """Extra scalars a federated client reports after its local update."""
+        return {}
 
     def objective(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """Return the loss to minimise on ``batch`` and scalar logs."""
@@ -122,6 +131,15 @@ class Method(nn.Module):
         loss.backward()
         self.optimizer.step()
         return logs
+
+
+def make_optimizer(params: Iterable[nn.Parameter], config: MethodConfig, lr: float) -> torch.optim.Optimizer:
+    """Adam or plain SGD over ``params`` with the config's weight decay."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; expected 'adam' or 'sgd'")
 
 
 def weighted_cross_entropy(logits: Tensor, y: Tensor, weights: Tensor) -> Tensor:

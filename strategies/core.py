@@ -159,7 +159,9 @@ def train(
     return model.eval()
 
 
-def fit_epochs(model: Method, data: ArrayData, hp: HParams, seed: int, start: float = 0.0) -> float:
+def fit_epochs(
+    model: Method, data: ArrayData, hp: HParams, seed: int, start: float = 0.0, end: float = 1.0
+) -> float:
     """Run ``hp.epochs`` epochs of minibatch updates on an existing model.
 
     Parameters
@@ -172,8 +174,9 @@ def fit_epochs(model: Method, data: ArrayData, hp: HParams, seed: int, start: fl
         Batch size and epochs (the learning rate is the optimiser's).
     seed : int
         Seeds the batch order.
-    start : float
-        Progress already made, for methods with schedules (federated rounds).
+    start, end : float
+        Training progress at the first epoch and after the last (a federated round
+        covers only part of the schedule of methods like DANN).
 
     Returns
     -------
@@ -186,7 +189,7 @@ def fit_epochs(model: Method, data: ArrayData, hp: HParams, seed: int, start: fl
     model.train()
     last = float("nan")
     for epoch in range(hp.epochs):
-        model.begin_epoch(start + (1 - start) * epoch / max(hp.epochs, 1))
+        model.begin_epoch(start + (end - start) * epoch / max(hp.epochs, 1))
         perm = torch.randperm(n, generator=gen)
         losses = []
         for i in range(0, n, hp.batch_size):

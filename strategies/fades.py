@@ -69,7 +69,15 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F  # noqa: N812
 
-from strategies.base import Batch, Method, MethodConfig, TaskSpec, register, weighted_cross_entropy
+from strategies.base import (
+    Batch,
+    Method,
+    MethodConfig,
+    TaskSpec,
+    make_optimizer,
+    register,
+    weighted_cross_entropy,
+)
 
 N_BLOCKS = 4  # z_x, z_y, z_s, z_r
 
@@ -204,7 +212,7 @@ class Fades(Method):
         """One Adam for encoder, decoder and heads, a second for the discriminator."""
         disc = set(map(id, self.discriminator.parameters()))
         main = [p for p in self.parameters() if id(p) not in disc]
-        self.optimizer = torch.optim.Adam(main, lr=lr)
+        self.optimizer = make_optimizer(main, self.config, lr)
         self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr)
 
     def begin_epoch(self, progress: float) -> None:

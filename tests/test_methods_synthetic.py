@@ -9,8 +9,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
 from client.feature_store import Provenance, SiteFeatures
+from client.local import site_task
 from server.history import RunKey, rows_from_counts
-from sim.pooled import evaluate, site_task
+from sim.pooled import evaluate
 from sim.synthetic import PROFILES, site_features, site_manifest
 from strategies.core import concat, fit
 

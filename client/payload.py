@@ -1,0 +1,70 @@
+"""Fixed-size encoding of a site's confusion counts for the wire.
+
+A client's evaluation reply is one int64 array of shape ``(len(SLOTS), C, C)`` whatever
+its number of scans: the site total, then density A–D, then the age bands. A slot the
+site does not have stays zero, so the payload never grows with the number of patients
+and carries no identifiers.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+
+from client.evaluation import SiteCounts
+from client.schema import AGE_BANDS, TASKS
+
+#: (group kind, group) of each slot; ``None`` stands for the site itself.
+SLOTS: Final[tuple[tuple[str, str | None], ...]] = (
+    ("site", None),
+    *(("density", d) for d in TASKS["density"]),
+    *(("age_band", b) for b in AGE_BANDS),
+)
+
+
+def encode_counts(counts: SiteCounts) -> np.ndarray:
+    """Pack ``counts`` into the fixed ``(len(SLOTS), C, C)`` array.
+
+    Parameters
+    ----------
+    counts : SiteCounts
+        A site's counts from `client.evaluation.site_counts`.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 array; absent groups are zero.
+    """
+    c = counts.n_classes
+    out = np.zeros((len(SLOTS), c, c), dtype=np.int64)
+    for i, (kind, group) in enumerate(SLOTS):
+        key = (kind, counts.site if group is None else group)
+        if key in counts.counts:
+            out[i] = counts.counts[key]
+    return out
+
+
+def decode_counts(site: str, packed: np.ndarray) -> SiteCounts:
+    """Unpack `encode_counts`' array into `SiteCounts` (empty subgroups dropped).
+
+    Parameters
+    ----------
+    site : str
+        The sending site's name.
+    packed : numpy.ndarray
+        ``(len(SLOTS), C, C)`` counts.
+
+    Returns
+    -------
+    SiteCounts
+        The site total and every non-empty subgroup.
+    """
+    packed = np.asarray(packed, dtype=np.int64)
+    if packed.ndim != 3 or packed.shape[0] != len(SLOTS) or packed.shape[1] != packed.shape[2]:
+        raise ValueError(f"counts from {site!r} have shape {packed.shape}; expected ({len(SLOTS)}, C, C)")
+    counts = {("site", site): packed[0]}
+    for (kind, group), cm in zip(SLOTS[1:], packed[1:], strict=True):
+        if cm.sum() > 0:
+            counts[(kind, str(group))] = cm
+    return SiteCounts(site=site, n_classes=int(packed.shape[1]), counts=counts)

@@ -1,0 +1,205 @@
+"""The Flower ServerApp: discover the sites, build the method's strategy, run the rounds.
+
+After discovery (a query round: each node reports its site and aggregate label counts)
+the server fixes the federation plan — training sites and their domain indices, global
+class weights — builds the strategy the method registers (FedAvg by default), and runs
+the rounds. After every round the strategy appends per-site fairness to the history;
+the server checkpoints parameters, strategy state, history and round, so ``resume``
+continues an interrupted run to the same final parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from client.app import build_model
+from client.atomic import atomic_dir, write_parquet
+from strategies.base import get_method
+from strategies.core import class_weights
+from strategies.federated import FederationPlan, FedMammoStrategy
+
+log = logging.getLogger("fedmammo")
+CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class FederatedSettings:
+    """One federated run: data, method and schedule (flat, like Flower's run_config)."""
+
+    store: str
+    fm: str
+    task: str
+    method: str
+    sites: tuple[str, ...]
+    out: str
+    num_rounds: int = 5
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    fraction_train: float = 1.0
+    fault_rate: float = 0.0
+    resume: bool = False
+    timeout: float = 600.0
+    method_overrides: dict[str, object] = field(default_factory=dict)
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    """Node ids once ``expected`` nodes have registered (they can join after the server)."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(nodes)} of {expected} nodes connected within {timeout:.0f} s")
+        time.sleep(0.05)
+    return nodes
+
+
+def discover(grid: Grid, s: FederatedSettings) -> dict[int, ConfigRecord]:
+    """Ask every node for its site and label counts; ``{node_id: info}``."""
+    nodes = wait_for_nodes(grid, len(s.sites), s.timeout)
+    cfg = ConfigRecord({"sites": ",".join(s.sites), "store": s.store, "fm": s.fm, "task": s.task})
+    msgs = [Message(RecordDict({"config": cfg}), dst_node_id=n, message_type=MessageType.QUERY,
+                    group_id="discover") for n in nodes]
+    infos = {}
+    for reply in grid.send_and_receive(msgs, timeout=s.timeout):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed discovery: {reply.error.reason}")
+        infos[reply.metadata.src_node_id] = reply.content["info"]
+    return infos
+
+
+def make_plan(s: FederatedSettings, infos: dict[int, ConfigRecord]) -> tuple[FederationPlan, int]:
+    """The federation plan and the feature dimension, from the discovery replies."""
+    labelled = sorted(str(i["site"]) for i in infos.values() if int(i["n-train"]) > 0)
+    for info in infos.values():
+        if int(info["n-train"]) == 0:
+            log.info("skipping site %s for task %s: no labelled rows", info["site"], s.task)
+    if not labelled:
+        raise ValueError(f"no site has labelled rows for task {s.task!r}")
+    totals = np.sum([np.asarray(i["class-counts"], dtype=np.int64) for i in infos.values()], axis=0)
+    labels = np.repeat(np.arange(totals.size), totals)
+    node_to_site = {n: str(i["site"]) for n, i in infos.items() if str(i["site"]) in labelled}
+    plan = FederationPlan(
+        node_to_site=node_to_site, domains={site: d for d, site in enumerate(labelled)},
+        class_weights=class_weights(labels, totals.size), fm=s.fm, task=s.task, method=s.method,
+        store=s.store, all_sites=tuple(s.sites),
+        method_overrides=dict(s.method_overrides), local_epochs=s.local_epochs,
+        batch_size=s.batch_size, lr=s.lr, num_rounds=s.num_rounds, seed=s.seed,
+        fraction_train=s.fraction_train, fault_rate=s.fault_rate)
+    dim = max(int(i["dim"]) for i in infos.values())
+    return plan, dim
+
+
+def initial_arrays(plan: FederationPlan, dim: int) -> ArrayRecord:
+    """The method's freshly initialised model (seeded), as the round-1 global model."""
+    torch.manual_seed(plan.seed)
+    cfg = ConfigRecord({"method": plan.method, "task": plan.task, "n-domains": len(plan.domains),
+                        "class-weights": list(plan.class_weights),
+                        "method-config": json.dumps(plan.method_overrides)})
+    return ArrayRecord(build_model(cfg, dim).state_dict())
+
+
+class Checkpointer:
+    """Writes parameters, strategy state, history and round after every round."""
+
+    def __init__(self, out: Path, strategy: FedMammoStrategy) -> None:
+        self.folder = out / CHECKPOINT
+        self.strategy = strategy
+
+    def __call__(self, server_round: int) -> None:
+        """Save the state reached after ``server_round`` (one atomic folder swap)."""
+        arrays = self.strategy.current_arrays
+
+        def fill(tmp: Path) -> None:
+            np.savez(tmp / "arrays.npz", **{k: v.numpy() for k, v in arrays.items()})
+            history = pd.concat(self.strategy.history, ignore_index=True)
+            history.to_parquet(tmp / "history.parquet", index=False)
+            state = {"round": server_round, "strategy": self.strategy.state_dict()}
+            (tmp / "state.json").write_text(json.dumps(state))
+
+        atomic_dir(self.folder, fill)
+
+
+def restore(out: Path, strategy: FedMammoStrategy) -> tuple[int, ArrayRecord]:
+    """Load a checkpoint into ``strategy``; returns (rounds done, global arrays)."""
+    folder = out / CHECKPOINT
+    if not (folder / "state.json").is_file():
+        raise FileNotFoundError(f"{folder}: no checkpoint to resume from")
+    state = json.loads((folder / "state.json").read_text())
+    strategy.load_state_dict(state["strategy"])
+    strategy.history = [pd.read_parquet(folder / "history.parquet")]
+    with np.load(folder / "arrays.npz") as npz:
+        arrays = ArrayRecord({k: Array(npz[k]) for k in npz.files})
+    return int(state["round"]), arrays
+
+
+def run_server(grid: Grid, s: FederatedSettings) -> pd.DataFrame:
+    """Run one federated experiment on ``grid``; returns and writes its history.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower grid (simulation engine, deployment, or the in-process grid).
+    s : FederatedSettings
+        What to run.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The history (`server.history.METRIC_COLUMNS`), also written to
+        ``out/metrics.parquet`` with the final parameters in ``out/final.npz``.
+    """
+    out = Path(s.out)
+    plan, dim = make_plan(s, discover(grid, s))
+    strategy_cls = getattr(get_method(s.method), "strategy_cls", None) or FedMammoStrategy
+    strategy = strategy_cls(plan)
+    strategy.on_round_end = Checkpointer(out, strategy)
+    arrays, done = initial_arrays(plan, dim), 0
+    if s.resume:
+        done, arrays = restore(out, strategy)
+        plan.round_offset = done
+    strategy.current_arrays = arrays
+    if s.num_rounds > done:
+        strategy.start(grid=grid, initial_arrays=arrays, num_rounds=s.num_rounds - done, timeout=s.timeout)
+    history = pd.concat(strategy.history, ignore_index=True)
+    write_parquet(out / "metrics.parquet", history)
+    final = strategy.current_arrays
+    np.savez(out / "final.npz", **{k: v.numpy() for k, v in final.items()})
+    (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
+    return history
+
+
+def settings_from_run_config(context: Context) -> FederatedSettings:
+    """Settings from ``flwr run``'s run_config (kebab-case keys of pyproject's app config)."""
+    rc = dict(context.run_config)
+    return FederatedSettings(
+        store=str(rc["store"]), fm=str(rc["fm"]), task=str(rc["task"]), method=str(rc["method"]),
+        sites=tuple(str(rc["sites"]).split(",")), out=str(rc["out"]),
+        num_rounds=int(rc.get("num-server-rounds", 5)), local_epochs=int(rc.get("local-epochs", 1)),
+        batch_size=int(rc.get("batch-size", 32)), lr=float(rc.get("lr", 1e-3)),
+        seed=int(rc.get("seed", 0)), fraction_train=float(rc.get("fraction-train", 1.0)),
+        fault_rate=float(rc.get("fault-rate", 0.0)), resume=bool(rc.get("resume", False)))
+
+
+def build_server_app(settings: FederatedSettings | None = None) -> ServerApp:
+    """A ServerApp running ``settings`` (or the run_config's, under ``flwr run``)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, settings or settings_from_run_config(context))
+
+    return server
+
+
+app = build_server_app()

@@ -1,0 +1,244 @@
+"""The server side every method shares: FedAvg over sites, with per-round fairness.
+
+`FedMammoStrategy` subclasses Flower's Message-API `FedAvg` (Flower's
+``serverapp/strategy/fedavg.py``) and overrides only what a site-aware study needs:
+
+* sampling *by site* with a seed, and a per-node copy of the train config (each client
+  gets its domain index and the global class weights);
+* replies sorted by site before summing, so a run is reproducible bit for bit;
+* after every round, the clients' confusion counts become history rows (per-site F1,
+  worst site, mean ± sd, EOD/AOD per group kind) and missing sites are marked.
+
+A method changes the aggregation through three small hooks: `aggregation_weights`
+(who counts how much), `aggregate_arrays` (how arrays combine) and `observe_train`
+(server state updated from the clients' reports), plus `state_dict` for checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from client.payload import decode_counts
+from client.schema import task_classes
+from server.history import ALL_SITES, RunKey, rows_from_counts
+
+
+@dataclass
+class FederationPlan:
+    """Who is in the federation and what each round sends (built after discovery)."""
+
+    node_to_site: dict[int, str]
+    domains: dict[str, int]
+    class_weights: tuple[float, ...]
+    fm: str
+    task: str
+    method: str
+    store: str = ""
+    all_sites: tuple[str, ...] = ()
+    method_overrides: dict[str, object] = field(default_factory=dict)
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    num_rounds: int = 5
+    seed: int = 0
+    fraction_train: float = 1.0
+    fault_rate: float = 0.0
+    round_offset: int = 0
+
+    @property
+    def sites(self) -> list[str]:
+        """Training sites, sorted."""
+        return sorted(self.domains)
+
+    def node_of(self, site: str) -> int:
+        """The node id serving ``site``."""
+        return next(n for n, s in self.node_to_site.items() if s == site)
+
+
+def weighted_average(arrays: Sequence[dict[str, np.ndarray]], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Average each named array with ``weights`` (normalised here), in float64.
+
+    Parameters
+    ----------
+    arrays : sequence of dict
+        One ``{name: array}`` per client, in a fixed (site-sorted) order.
+    weights : numpy.ndarray
+        Non-negative weight per client.
+
+    Returns
+    -------
+    dict
+        ``{name: average}`` cast back to each array's dtype.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    out = {}
+    for name, first in arrays[0].items():
+        acc = sum(wi * a[name].astype(np.float64) for wi, a in zip(w, arrays, strict=True))
+        out[name] = np.asarray(acc).astype(first.dtype)
+    return out
+
+
+class FedMammoStrategy(FedAvg):
+    """FedAvg over sites with seeded site sampling and per-round fairness history.
+
+    Parameters
+    ----------
+    plan : FederationPlan
+        Sites, domains, class weights and the training schedule.
+    on_round_end : callable, optional
+        Called with the round number after each round's evaluation (checkpoints).
+    """
+
+    def __init__(self, plan: FederationPlan, on_round_end: Callable[[int], None] | None = None) -> None:
+        n = len(plan.node_to_site)
+        super().__init__(fraction_train=plan.fraction_train, min_train_nodes=1, min_evaluate_nodes=1,
+                         min_available_nodes=n)
+        self.plan = plan
+        self.on_round_end = on_round_end
+        self.history: list[pd.DataFrame] = []
+        self.train_sites: dict[int, list[str]] = {}
+        self._pending_rows: list[dict[str, object]] = []
+        self.current_arrays: ArrayRecord | None = None
+
+    # -- hooks a method overrides ------------------------------------------------------
+    def aggregation_weights(self, sites: list[str], metrics: list[MetricRecord]) -> np.ndarray:
+        """Weight of each replying site in the average: its number of examples (FedAvg)."""
+        return np.array([float(m["num-examples"]) for m in metrics])
+
+    def aggregate_arrays(self, sites: list[str], arrays: list[dict[str, np.ndarray]],
+                         weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Combine the clients' arrays (weighted average of every array)."""
+        return weighted_average(arrays, weights)
+
+    def observe_train(self, server_round: int, sites: list[str], metrics: list[MetricRecord]) -> None:
+        """Update server-side state from the round's reports (nothing for FedAvg)."""
+
+    def extra_train_config(self, server_round: int, site: str) -> dict[str, object]:
+        """Per-site additions to the train config (nothing for FedAvg)."""
+        return {}
+
+    def state_dict(self) -> dict[str, object]:
+        """Server-side strategy state for checkpoints (JSON-serialisable)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore `state_dict`."""
+
+    def round_rows(self, server_round: int) -> list[dict[str, object]]:
+        """Extra history rows of a round (e.g. site weights); site, metric, value keys."""
+        return []
+
+    # -- Flower hooks ------------------------------------------------------------------
+    def _round(self, server_round: int) -> int:
+        return server_round + self.plan.round_offset
+
+    def _base_config(self, server_round: int) -> dict[str, object]:
+        p = self.plan
+        rnd = self._round(server_round)
+        return {
+            "method": p.method, "fm": p.fm, "task": p.task, "n-domains": len(p.domains),
+            "store": p.store, "sites": ",".join(p.all_sites),
+            "class-weights": list(p.class_weights), "method-config": json.dumps(p.method_overrides),
+            "local-epochs": p.local_epochs, "batch-size": p.batch_size, "lr": p.lr, "seed": p.seed,
+            "server-round": rnd, "progress-start": (rnd - 1) / p.num_rounds,
+            "progress-end": rnd / p.num_rounds, "fault-rate": p.fault_rate,
+        }
+
+    def _messages(self, sites: Iterable[str], arrays: ArrayRecord, server_round: int,
+                  kind: str) -> list[Message]:
+        out = []
+        for site in sites:
+            cfg = self._base_config(server_round) | {"domain": self.plan.domains[site]}
+            if kind == MessageType.TRAIN:
+                cfg |= self.extra_train_config(server_round, site)
+            content = RecordDict({"arrays": arrays, "config": ConfigRecord(cfg)})
+            out.append(Message(content=content, message_type=kind, dst_node_id=self.plan.node_of(site),
+                               group_id=str(self._round(server_round))))
+        return out
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Sample sites with a per-round seed and send each its own config."""
+        sites = self.plan.sites
+        k = max(1, round(len(sites) * self.plan.fraction_train))
+        rng = random.Random(self.plan.seed * 100_003 + self._round(server_round))
+        chosen = sorted(rng.sample(sites, k)) if k < len(sites) else sites
+        self.train_sites[self._round(server_round)] = chosen
+        return self._messages(chosen, arrays, server_round, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Every site evaluates the new global model on its test split."""
+        self.current_arrays = arrays
+        return self._messages(self.plan.sites, arrays, server_round, MessageType.EVALUATE)
+
+    def _valid_by_site(self, replies: Iterable[Message], is_train: bool) -> list[tuple[str, Message]]:
+        valid, _errors = self._check_and_log_replies(replies, is_train=is_train)
+        return sorted(((self.plan.node_to_site[m.metadata.src_node_id], m) for m in valid),
+                      key=lambda t: t[0])
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Sorted, hook-weighted aggregation; records per-site train losses."""
+        got = self._valid_by_site(replies, is_train=True)
+        rnd = self._round(server_round)
+        expected = self.train_sites.get(rnd, self.plan.sites)
+        rows = [{"site": s, "metric": "train_missing", "value": 1.0} for s in expected
+                if s not in {site for site, _ in got}]
+        if not got:
+            self._pending_rows = rows
+            return None, None
+        sites = [s for s, _ in got]
+        metrics = [m.content["metrics"] for _, m in got]
+        self.observe_train(rnd, sites, metrics)
+        arrays = [{k: v.numpy() for k, v in m.content["arrays"].items()} for _, m in got]
+        merged = self.aggregate_arrays(sites, arrays, self.aggregation_weights(sites, metrics))
+        rows += [{"site": s, "metric": "train_loss", "value": float(mr["train_loss"])}
+                 for s, mr in zip(sites, metrics, strict=True)]
+        self._pending_rows = rows + self.round_rows(rnd)
+        n = sum(int(mr["num-examples"]) for mr in metrics)
+        loss = sum(float(mr["train_loss"]) * int(mr["num-examples"]) for mr in metrics) / n
+        return ArrayRecord({k: Array(v) for k, v in merged.items()}), MetricRecord(
+            {"train_loss": loss, "num-sites": len(sites)})
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Turn the clients' counts into this round's fairness history."""
+        rnd = self._round(server_round)
+        got = self._valid_by_site(replies, is_train=False)
+        counts = [decode_counts(s, m.content["arrays"]["counts"].numpy()) for s, m in got]
+        p = self.plan
+        key = RunKey("federated", p.fm, p.task, p.method, ALL_SITES, rnd)
+        frame = rows_from_counts(key, counts, task_classes(p.task), p.task) if counts else None
+        missing = [s for s in p.sites if s not in {c.site for c in counts}]
+        extra = self._pending_rows + [
+            {"site": s, "metric": "eval_missing", "value": 1.0} for s in missing]
+        extra.append({"site": ALL_SITES, "metric": "n_missing", "value": float(len(missing))})
+        self.history.extend([f for f in (frame, _extra_frame(key, extra)) if f is not None])
+        self._pending_rows = []
+        if self.on_round_end is not None:
+            self.on_round_end(rnd)
+        f1 = frame[(frame.metric == "f1_mean")]["value"] if frame is not None else pd.Series([np.nan])
+        return MetricRecord({"f1-mean": float(f1.iloc[0]), "n-missing": len(missing)})
+
+
+def _extra_frame(key: RunKey, rows: list[dict[str, object]]) -> pd.DataFrame:
+    """History rows of train losses, missing sites and strategy state."""
+    from server.history import METRIC_COLUMNS
+
+    df = pd.DataFrame(rows, columns=["site", "metric", "value"])
+    df = df.assign(group_kind="site", group=df["site"], **{"class": "all"})
+    for name in ("mode", "fm", "task", "method", "trained_on"):
+        df[name] = getattr(key, name)
+    df["round"] = pd.array([key.round] * len(df), dtype="Int64")
+    df["value"] = df["value"].astype(np.float64)
+    return df.loc[:, list(METRIC_COLUMNS)]
