@@ -25,7 +25,7 @@ from client.payload import encode_counts
 from client.schema import SENSITIVE_SIZES, task_classes
 from sim.config import build
 from strategies.base import Method, TaskSpec, get_method, weighted_cross_entropy
-from strategies.core import HParams, fit_epochs, predict
+from strategies.core import HParams, fit_epochs, fit_steps, predict
 
 app = ClientApp()
 
@@ -103,8 +103,11 @@ def train(msg: Message, context: Context) -> Message:
     model.configure_optimizer(float(cfg["lr"]))
     hp = HParams(int(cfg["batch-size"]), float(cfg["lr"]), int(cfg["local-epochs"]))
     torch.manual_seed(_seed(cfg, site))
-    fit_epochs(model, data.train, hp, _seed(cfg, site), start=float(cfg["progress-start"]),
-               end=float(cfg["progress-end"]))
+    span = {"start": float(cfg["progress-start"]), "end": float(cfg["progress-end"])}
+    if int(cfg.get("local-steps", 0)) > 0:
+        fit_steps(model, data.train, hp, int(cfg["local-steps"]), _seed(cfg, site), **span)
+    else:
+        fit_epochs(model, data.train, hp, _seed(cfg, site), **span)
     metrics = {"num-examples": len(data.train), "train_loss": _label_loss(model, data),
                "global-loss": global_loss} | model.round_metrics()
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),

@@ -44,6 +44,7 @@ class FederatedSettings:
     out: str
     num_rounds: int = 5
     local_epochs: int = 1
+    local_steps: int = 0
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
@@ -93,7 +94,7 @@ def make_plan(s: FederatedSettings, infos: dict[int, ConfigRecord]) -> tuple[Fed
         node_to_site=node_to_site, domains={site: d for d, site in enumerate(labelled)},
         class_weights=class_weights(labels, totals.size), fm=s.fm, task=s.task, method=s.method,
         store=s.store, all_sites=tuple(s.sites),
-        method_overrides=dict(s.method_overrides), local_epochs=s.local_epochs,
+        method_overrides=dict(s.method_overrides), local_epochs=s.local_epochs, local_steps=s.local_steps,
         batch_size=s.batch_size, lr=s.lr, num_rounds=s.num_rounds, seed=s.seed,
         fraction_train=s.fraction_train, fault_rate=s.fault_rate)
     dim = max(int(i["dim"]) for i in infos.values())
@@ -186,6 +187,7 @@ def settings_from_run_config(context: Context) -> FederatedSettings:
         store=str(rc["store"]), fm=str(rc["fm"]), task=str(rc["task"]), method=str(rc["method"]),
         sites=tuple(str(rc["sites"]).split(",")), out=str(rc["out"]),
         num_rounds=int(rc.get("num-server-rounds", 5)), local_epochs=int(rc.get("local-epochs", 1)),
+        local_steps=int(rc.get("local-steps", 0)),
         batch_size=int(rc.get("batch-size", 32)), lr=float(rc.get("lr", 1e-3)),
         seed=int(rc.get("seed", 0)), fraction_train=float(rc.get("fraction-train", 1.0)),
         fault_rate=float(rc.get("fault-rate", 0.0)), resume=bool(rc.get("resume", False)))

@@ -6,16 +6,21 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markdown import Markdown
 
+from client.atomic import write_parquet, write_text
 from client.feature_store import FeatureStoreError
+from server.compare import compare, comparison_markdown
 from sim.config import ConfigError
-from sim.experiment import load_experiment
+from sim.experiment import Experiment, load_experiment
 from sim.runner import run_pooled_experiment, write_synthetic_store
+from sim.simulate import missing_sites, run_federated_experiment
 from sim.sites import DEFAULT_SITES, load_sites
 from sim.synthetic import PROFILES
 
@@ -38,19 +43,68 @@ def _parser() -> argparse.ArgumentParser:
     pooled.add_argument("--out", required=True, type=Path, help="results folder")
     pooled.add_argument("--store", type=Path, help="existing feature store (overrides the config)")
     pooled.add_argument("--no-search", action="store_true", help="skip the HP search")
-    demo = sub.add_parser("demo", help="synthesize, run the quick experiment, print Table 3")
+    sim_ = sub.add_parser("simulate", help="run an experiment's methods as federations")
+    sim_.add_argument("--config", required=True, type=Path, help="experiment TOML")
+    sim_.add_argument("--out", required=True, type=Path, help="results folder")
+    sim_.add_argument("--store", type=Path, help="existing feature store (overrides the config)")
+    sim_.add_argument("--engine", choices=["inprocess", "ray"], help="override [federated] engine")
+    sim_.add_argument("--rounds", type=int, help="override [federated] rounds")
+    sim_.add_argument("--resume", action="store_true", help="continue runs from their checkpoints")
+    cmp_ = sub.add_parser("compare", help="federated vs pooled, per method × FM × task")
+    cmp_.add_argument("--pooled", required=True, type=Path)
+    cmp_.add_argument("--federated", required=True, type=Path)
+    cmp_.add_argument("--out", required=True, type=Path)
+    demo = sub.add_parser("demo", help="quick experiment pooled and federated, then compare")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
     return parser
 
 
-def _pooled(args: argparse.Namespace, quiet: bool) -> None:
-    from dataclasses import replace
-
+def _experiment(args: argparse.Namespace) -> Experiment:
     exp = load_experiment(args.config)
-    if args.store:
+    if getattr(args, "store", None):
         exp = replace(exp, data=replace(exp.data, store=str(args.store)))
-    if args.no_search:
+    if getattr(args, "no_search", False):
         exp = replace(exp, protocol=replace(exp.protocol, search=False))
+    if getattr(args, "rounds", None):
+        exp = replace(exp, federated=replace(exp.federated, rounds=args.rounds))
+    return exp
+
+
+def _simulate(args: argparse.Namespace, quiet: bool) -> None:
+    start = time.perf_counter()
+    history = run_federated_experiment(_experiment(args), args.out, args.engine, args.resume,
+                                       show_progress=not quiet)
+    console.print(Markdown((args.out / "table3.md").read_text()))
+    gone = missing_sites(history)
+    if len(gone):
+        console.print(f"{len(gone)} site-rounds missing (see metric train_missing/eval_missing)")
+    console.print(f"wrote {args.out}/metrics.parquet in {time.perf_counter() - start:.0f} s")
+
+
+def _compare(pooled: Path, federated: Path, out: Path) -> str:
+    table = compare(pd.read_parquet(pooled / "metrics.parquet"),
+                    pd.read_parquet(federated / "metrics.parquet"))
+    text = "# Federated vs pooled\n\n" + comparison_markdown(table)
+    write_parquet(out / "comparison.parquet", table)
+    write_text(out / "comparison.md", text)
+    return text
+
+
+def _demo(args: argparse.Namespace, quiet: bool) -> None:
+    out = args.out
+    args.config, args.store, args.no_search = CONFIGS / "experiments" / "quick.toml", None, False
+    args.engine, args.rounds, args.resume = None, None, False
+    args.out = out / "pooled"
+    _pooled(args, quiet)
+    args.store = out / "pooled" / "store"
+    args.out = out / "federated"
+    _simulate(args, quiet)
+    console.print(Markdown(_compare(out / "pooled", out / "federated", out)))
+    console.print(f"comparison written to {out / 'comparison.md'}")
+
+
+def _pooled(args: argparse.Namespace, quiet: bool) -> None:
+    exp = _experiment(args)
     start = time.perf_counter()
     results = run_pooled_experiment(exp, args.out, show_progress=not quiet)
     console.print(Markdown("\n".join(results.tables.values())))
@@ -70,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"wrote synthetic store {args.out} ({', '.join(args.fm)})")
         elif args.command == "pooled":
             _pooled(args, args.quiet)
+        elif args.command == "simulate":
+            _simulate(args, args.quiet)
+        elif args.command == "compare":
+            console.print(Markdown(_compare(args.pooled, args.federated, args.out)))
         elif args.command == "demo":
-            args.config, args.store, args.no_search = CONFIGS / "experiments" / "quick.toml", None, False
-            _pooled(args, args.quiet)
+            _demo(args, args.quiet)
     except (ConfigError, FeatureStoreError, FileNotFoundError, KeyError, ValueError) as err:
         console.print(f"[bold red]error:[/] {err.args[0] if err.args else err}")
         return 2

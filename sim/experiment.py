@@ -51,6 +51,33 @@ class ProtocolConfig:
 
 
 @dataclass(frozen=True)
+class FederatedConfig:
+    """The federated run of an experiment (``fedmammo simulate``).
+
+    ``methods`` empty means the study's methods; ``engine`` is ``inprocess`` (no Ray)
+    or ``ray`` (Flower's simulation engine). One round = ``local_epochs`` local epochs
+    at every sampled site, or, when ``local_steps > 0``, that many minibatch updates at
+    every site (so sites move the model in proportion to their size, as pooled SGD).
+    """
+
+    rounds: int = 15
+    local_epochs: int = 2
+    local_steps: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    fraction_train: float = 1.0
+    fault_rate: float = 0.0
+    engine: str = "inprocess"
+    methods: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("inprocess", "ray"):
+            raise ValueError(f"engine {self.engine!r}: expected 'inprocess' or 'ray'")
+        if not 0 < self.fraction_train <= 1:
+            raise ValueError(f"fraction_train {self.fraction_train}: expected a value in (0, 1]")
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One experiment file."""
 
@@ -59,6 +86,7 @@ class Experiment:
     data: DataConfig = field(default_factory=DataConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
     method: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def method_config(self, name: str) -> MethodConfig:
@@ -69,6 +97,11 @@ class Experiment:
         changes = {"epochs": p.epochs, "search_epochs": p.search_epochs,
                    "batch_sizes": p.batch_sizes, "lrs": p.lrs}
         return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def federated_methods(self) -> tuple[str, ...]:
+        """Methods of the federated run (the study's unless ``[federated] methods`` says)."""
+        return self.federated.methods or self.study.methods
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -97,11 +130,11 @@ def load_experiment(path: str | Path) -> Experiment:
     for task in exp.study.tasks:
         if task not in TASKS:
             raise ConfigError(f"{path}: study.tasks: unknown task {task!r}; expected {sorted(TASKS)}")
-    for name in (*exp.study.methods, exp.study.individual_method, *exp.method):
+    for name in (*exp.study.methods, exp.study.individual_method, *exp.method, *exp.federated.methods):
         try:
             get_method(name)
         except KeyError as err:
             raise ConfigError(f"{path}: {err.args[0]}") from None
-    for name in exp.study.methods:
+    for name in (*exp.study.methods, *exp.federated.methods):
         exp.method_config(name)  # validates [method.<name>] keys now, not mid-run
     return exp

@@ -304,3 +304,46 @@ def fit(
 def with_overrides(config: MethodConfig, **changes: object) -> MethodConfig:
     """Copy ``config`` with the given fields changed (ignoring None values)."""
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+def fit_steps(model: Method, data: ArrayData, hp: HParams, steps: int, seed: int,
+              start: float = 0.0, end: float = 1.0) -> float:
+    """Run exactly ``steps`` minibatch updates (batches drawn without replacement, cycling).
+
+    Federated clients use it so that every site takes the same number of local steps per
+    round: with FedAvg's example weights a site then moves the global model in proportion
+    to its size, as in pooled SGD, instead of in proportion to its size squared.
+
+    Parameters
+    ----------
+    model : Method
+        A model with its optimiser configured.
+    data : ArrayData
+        Training rows.
+    hp : HParams
+        Batch size (the learning rate is the optimiser's).
+    steps : int
+        Number of updates.
+    seed : int
+        Seeds the batch order.
+    start, end : float
+        Training progress at the first and after the last step.
+
+    Returns
+    -------
+    float
+        Mean training loss over the steps.
+    """
+    x, y, domain, group = _tensors(data, model.config.sensitive)
+    gen = torch.Generator().manual_seed(seed)
+    n, b = len(data), min(hp.batch_size, len(data))
+    model.train()
+    model.begin_epoch(start)
+    order, pos, losses = torch.randperm(n, generator=gen), 0, []
+    for _ in range(steps):
+        if pos + b > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos : pos + b]
+        pos += b
+        losses.append(model.update(Batch(x[idx], y[idx], domain[idx], group[idx])).get("loss", float("nan")))
+    return float(np.mean(losses)) if losses else float("nan")

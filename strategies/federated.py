@@ -46,6 +46,7 @@ class FederationPlan:
     all_sites: tuple[str, ...] = ()
     method_overrides: dict[str, object] = field(default_factory=dict)
     local_epochs: int = 1
+    local_steps: int = 0
     batch_size: int = 32
     lr: float = 1e-3
     num_rounds: int = 5
@@ -149,7 +150,8 @@ class FedMammoStrategy(FedAvg):
             "method": p.method, "fm": p.fm, "task": p.task, "n-domains": len(p.domains),
             "store": p.store, "sites": ",".join(p.all_sites),
             "class-weights": list(p.class_weights), "method-config": json.dumps(p.method_overrides),
-            "local-epochs": p.local_epochs, "batch-size": p.batch_size, "lr": p.lr, "seed": p.seed,
+            "local-epochs": p.local_epochs, "local-steps": p.local_steps, "batch-size": p.batch_size,
+            "lr": p.lr, "seed": p.seed,
             "server-round": rnd, "progress-start": (rnd - 1) / p.num_rounds,
             "progress-end": rnd / p.num_rounds, "fault-rate": p.fault_rate,
         }

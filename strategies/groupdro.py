@@ -20,31 +20,62 @@ part, so a batch without any known group gives no gradient.
 
 Federated reading
 -----------------
-In the federated issue :math:`q` moves to the server and the groups are the sites: each
-client reports its local loss, and the server updates its weights over sites either
-multiplicatively (`update_group_weights`, the exponentiated-gradient step above with
-one "batch" = one round) or by the AFL/DRFA projected ascent (Mohri et al. 2019; Deng
-et al. 2020, MLOPTPSU/FedTorch ``drfa.py``) implemented by `drfa_step`:
-:math:`\lambda \leftarrow \Pi_{\Delta,\ge\epsilon}(\lambda + \gamma\,\ell)`, starting from
-sample-count proportions, with γ = 0.1 decayed ×0.9 per round and floor ε = 1e-3;
-aggregation is then FedAvg weighted by the server's weights. `GroupWeights` is already a
-separate state object with ``state_dict``/``load_state_dict`` so it can live there.
+In the federated issue the adversary moves to the server and the groups are the
+training sites (`GroupDROStrategy`): the server keeps weights :math:`\lambda` over
+``plan.sites``, updates them each round from the clients' reports, and aggregates the
+client models by FedAvg weighted by :math:`\lambda` (renormalised over the sites that
+replied). ``GroupDROConfig.server_rule`` selects the server update:
+
+* ``"drfa"`` (default) — the AFL/DRFA projected dual ascent (Mohri et al. 2019; Deng
+  et al. 2020, MLOPTPSU/FedTorch ``drfa.py``), `drfa_step`:
+  :math:`\lambda \leftarrow \Pi_{\Delta,\ge\epsilon}(\lambda + \gamma_t\,\ell)`, starting from
+  sample-count proportions, :math:`\gamma_t = 0.1 \cdot 0.9^{t-1}`, floor ε = 1e-3;
+* ``"eg"`` — the exponentiated-gradient step of Sagawa's Algorithm 1 with one round as
+  one step, `eg_step`: :math:`\lambda_k \propto \lambda_k e^{\eta \ell_k}`, starting
+  uniform (kohpangwei/group_DRO). Its default η = 0.01 is the reference *per-batch*
+  step: per round it moves the weights by about η·(ℓ_k − ℓ̄), i.e. little; raise
+  ``server_eta`` for a stronger adversary.
+
+The loss :math:`\ell_k` is the client's ``global-loss``: the weighted CE, on site *k*'s
+training rows, of the global model the client received. λ is the adversary of
+:math:`\min_w \max_\lambda \sum_k \lambda_k F_k(w)`, whose λ-gradient is
+:math:`F_k(w)` at the *shared* model (AFL; DRFA evaluates a snapshot of the shared
+iterate), so every site is scored on the same model. ``train_loss`` (each site's own
+model after its local update) would instead reward sites that fit themselves easily.
+
+Sites that did not reply in a round keep their weight exactly: the update acts on the
+replying sites only and redistributes their combined mass among them
+(`server_weights_step`); with every site replying it is the plain step.
+
+With ``sensitive="site"`` each client holds a single group, so its local q is trivial
+(only its own group is present: the batch loss would be :math:`q_k L_k`, a rescaled
+WCE that restarts each round because q is not exchanged). A federated client
+(`GroupDRO.begin_round`) therefore minimises its plain local risk :math:`L_k` (the
+weighted CE, as DRFA's clients do) and the server weights carry the worst-site
+reweighting. With ``sensitive="density"``/``"age_band"`` the local q is meaningful and
+stays: subgroups within the site are reweighted locally, sites on the server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
+from flwr.app import MetricRecord
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
+from sim.config import build
 from strategies.base import Batch, Method, MethodConfig, TaskSpec, register, weighted_cross_entropy
+from strategies.federated import FederationPlan, FedMammoStrategy
 
 #: Smallest server weight in AFL/DRFA (FedTorch ``drfa.py`` clips at 1e-3).
 SIMPLEX_FLOOR = 1e-3
+#: Federated server rules for the site weights (`GroupDROConfig.server_rule`).
+SERVER_RULES = ("drfa", "eg")
 
 
 @dataclass(frozen=True)
@@ -56,6 +87,16 @@ class GroupDROConfig(MethodConfig):
     eta : float
         Step size of the exponentiated-gradient ascent on q: 0.01, the default of
         kohpangwei/group_DRO (``--robust_step_size``) and DomainBed (``groupdro_eta``).
+    server_rule : str
+        Federated server update of the site weights: ``"drfa"`` (AFL/DRFA projected
+        ascent, the federated reference, MLOPTPSU/FedTorch ``drfa.py``) or ``"eg"``
+        (exponentiated gradient, Sagawa's Algorithm 1 with one round as one step).
+    server_eta : float
+        η of the ``"eg"`` rule: 0.01, the reference per-batch step reused per round.
+    server_gamma : float
+        Initial γ of the ``"drfa"`` rule: 0.1 (FedTorch ``drfa.py``).
+    server_gamma_decay : float
+        Per-round factor on γ: 0.9 (FedTorch ``drfa.py``).
 
     Notes
     -----
@@ -64,6 +105,14 @@ class GroupDROConfig(MethodConfig):
     """
 
     eta: float = 0.01
+    server_rule: str = "drfa"
+    server_eta: float = 0.01
+    server_gamma: float = 0.1
+    server_gamma_decay: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.server_rule not in SERVER_RULES:
+            raise ValueError(f"unknown server_rule {self.server_rule!r}; expected one of {SERVER_RULES}")
 
 
 def per_group_losses(per_sample: Tensor, group: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
@@ -123,15 +172,17 @@ def update_group_weights(q: Tensor, losses: Tensor, present: Tensor, eta: float)
     return torch.softmax(torch.log(q) + step, dim=0)
 
 
-def project_to_simplex(v: np.ndarray, floor: float = SIMPLEX_FLOOR) -> np.ndarray:
-    r"""Euclidean projection of ``v`` onto :math:`\{x : \sum_i x_i = 1,\ x_i \ge \epsilon\}`.
+def project_to_simplex(v: np.ndarray, floor: float = SIMPLEX_FLOOR, total: float = 1.0) -> np.ndarray:
+    r"""Euclidean projection of ``v`` onto :math:`\{x : \sum_i x_i = m,\ x_i \ge \epsilon\}`.
 
     Parameters
     ----------
     v : array_like
         (K,) vector to project.
     floor : float
-        The floor ε; needs ``K * floor <= 1``.
+        The floor ε; needs ``K * floor <= total``.
+    total : float
+        The mass m (1 for the simplex; a part of it when only some sites update).
 
     Returns
     -------
@@ -141,16 +192,16 @@ def project_to_simplex(v: np.ndarray, floor: float = SIMPLEX_FLOOR) -> np.ndarra
     Notes
     -----
     With :math:`y = x - \epsilon` the problem is the projection of :math:`v - \epsilon`
-    onto the simplex of mass :math:`1 - K\epsilon`, solved exactly by the sort-based
+    onto the simplex of mass :math:`m - K\epsilon`, solved exactly by the sort-based
     algorithm of Duchi et al. (2008, Fig. 1). FedTorch instead projects onto the plain
     simplex, clips to 1e-3 and renormalises, which can leave entries just below the
     floor; the two agree whenever no entry reaches the floor.
     """
     v = np.asarray(v, dtype=np.float64).ravel()
-    mass = 1.0 - v.size * floor
-    if mass < 0:
+    mass = total - v.size * floor
+    if mass < -1e-12:
         raise ValueError(f"floor {floor} too large for {v.size} entries")
-    return floor + _project_scaled_simplex(v - floor, mass)
+    return floor + _project_scaled_simplex(v - floor, max(mass, 0.0))
 
 
 def _project_scaled_simplex(v: np.ndarray, mass: float) -> np.ndarray:
@@ -164,7 +215,9 @@ def _project_scaled_simplex(v: np.ndarray, mass: float) -> np.ndarray:
     return np.maximum(v - excess[rho] / (rho + 1), 0.0)
 
 
-def drfa_step(lam: np.ndarray, losses: np.ndarray, gamma: float, floor: float = SIMPLEX_FLOOR) -> np.ndarray:
+def drfa_step(
+    lam: np.ndarray, losses: np.ndarray, gamma: float, floor: float = SIMPLEX_FLOOR, total: float = 1.0
+) -> np.ndarray:
     r"""AFL/DRFA dual ascent: :math:`\lambda \leftarrow \Pi(\lambda + \gamma\,\ell)`, renormalised.
 
     Parameters
@@ -177,16 +230,89 @@ def drfa_step(lam: np.ndarray, losses: np.ndarray, gamma: float, floor: float = 
         Dual step size γ (0.1 decayed ×0.9 per round in DRFA).
     floor : float
         Smallest weight, so no site is ever dropped (1e-3 in FedTorch).
+    total : float
+        Mass of the result: 1, or the replying sites' share (`server_weights_step`).
 
     Returns
     -------
     numpy.ndarray
-        float64 (K,) weights on the simplex, each ≥ ``floor``.
+        float64 (K,) weights summing to ``total``, each ≥ ``floor``.
     """
     lam = np.asarray(lam, dtype=np.float64) + gamma * np.asarray(losses, dtype=np.float64)
-    projected = project_to_simplex(lam, floor)
-    # The projection already sums to 1; dividing only removes rounding drift.
-    return projected / projected.sum()
+    projected = project_to_simplex(lam, floor, total)
+    # The projection already sums to ``total``; rescaling only removes rounding drift.
+    return total * projected / projected.sum()
+
+
+def eg_step(lam: np.ndarray, losses: np.ndarray, eta: float) -> np.ndarray:
+    r"""Exponentiated-gradient step :math:`\lambda_k \propto \lambda_k e^{\eta \ell_k}` (numpy).
+
+    Parameters
+    ----------
+    lam : array_like
+        (K,) current positive weights (any total mass).
+    losses : array_like
+        (K,) losses reported by the clients.
+    eta : float
+        Step size η.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (K,) new weights with the same total mass as ``lam``.
+
+    Notes
+    -----
+    Sagawa et al. (2019), Algorithm 1, with one server round as one step; computed as a
+    softmax of :math:`\log\lambda + \eta\ell` so that large η·ℓ cannot overflow.
+    """
+    lam = np.asarray(lam, dtype=np.float64)
+    logits = np.log(lam) + eta * np.asarray(losses, dtype=np.float64)
+    w = np.exp(logits - logits.max())
+    return lam.sum() * w / w.sum()
+
+
+def server_weights_step(
+    lam: np.ndarray, present: np.ndarray, losses: np.ndarray,
+    step: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    r"""Apply a weight update to the replying sites only, keeping the others exactly.
+
+    Parameters
+    ----------
+    lam : array_like
+        (K,) current weights on the simplex.
+    present : array_like of bool
+        (K,) True for the sites that replied this round.
+    losses : array_like
+        (K,) losses; entries of absent sites are ignored.
+    step : callable
+        ``step(sub_lam, sub_losses)`` returning new weights for the replying sites with
+        the same total mass as ``sub_lam`` (e.g. `eg_step`, or `drfa_step` with
+        ``total=sub_lam.sum()``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (K,) new weights, still summing to 1.
+
+    Notes
+    -----
+    The replying sites S share their current mass :math:`m_S = \sum_{k\in S}\lambda_k`:
+    a site that did not report has no new loss and keeps its weight. With every site
+    replying this is the plain step of AFL (Mohri et al. 2019) / DRFA (Deng et al. 2020)
+    or GroupDRO's exponentiated gradient.
+    """
+    lam = np.asarray(lam, dtype=np.float64).copy()
+    present = np.asarray(present, dtype=bool)
+    if present.any():
+        lam[present] = step(lam[present], np.asarray(losses, dtype=np.float64)[present])
+    return lam
+
+
+def drfa_gamma(server_round: int, gamma: float, decay: float) -> float:
+    r"""DRFA's dual step size at a round: :math:`\gamma_t = \gamma\,\mathrm{decay}^{t-1}`."""
+    return gamma * decay ** (server_round - 1)
 
 
 class GroupWeights:
@@ -229,17 +355,113 @@ class GroupWeights:
         self._q = q.clone()
 
 
+def count_weights(counts: np.ndarray, floor: float = SIMPLEX_FLOOR) -> np.ndarray:
+    r"""Initial AFL/DRFA weights: sample-count proportions :math:`n_k / \sum_j n_j`, floored.
+
+    Parameters
+    ----------
+    counts : array_like
+        (K,) training examples per site.
+    floor : float
+        Smallest weight (projection onto the floored simplex, `project_to_simplex`).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (K,) weights summing to 1.
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    return project_to_simplex(n / n.sum(), floor)
+
+
+class GroupDROStrategy(FedMammoStrategy):
+    """FedAvg weighted by the server's worst-site weights λ over the training sites.
+
+    λ is updated in `observe_train` from each replying site's ``global-loss`` (the loss of
+    the global model it received, see the module docstring) by ``server_rule`` — DRFA's
+    projected ascent (start ∝ sample counts, taken from the first reports; a site not yet
+    seen counts as the mean) or the exponentiated gradient (start uniform) — and then
+    used, renormalised over the replying sites, as the aggregation weights of the same
+    round. Non-replying sites keep their λ. λ is reported as ``site_weight`` history
+    rows every round and checkpointed by `state_dict`.
+
+    Parameters
+    ----------
+    plan : FederationPlan
+        The federation; ``plan.method_overrides`` fills `GroupDROConfig`.
+    on_round_end : callable, optional
+        Passed to `FedMammoStrategy`.
+    """
+
+    def __init__(self, plan: FederationPlan, on_round_end: Callable[[int], None] | None = None) -> None:
+        super().__init__(plan, on_round_end)
+        self.config = build(GroupDROConfig, plan.method_overrides, "method-config")
+        self.sites = plan.sites
+        self.weights = np.full(len(self.sites), 1.0 / len(self.sites))
+        self.started = False
+
+    def _step(self, server_round: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        c = self.config
+        if c.server_rule == "eg":
+            return lambda lam, losses: eg_step(lam, losses, c.server_eta)
+        gamma = drfa_gamma(server_round, c.server_gamma, c.server_gamma_decay)
+        return lambda lam, losses: drfa_step(lam, losses, gamma, SIMPLEX_FLOOR, total=float(lam.sum()))
+
+    def observe_train(self, server_round: int, sites: list[str], metrics: list[MetricRecord]) -> None:
+        """Start λ on the first reports (DRFA), then step it on the replying sites' global-loss."""
+        reported = {s: m for s, m in zip(sites, metrics, strict=True)}
+        if not self.started:
+            if self.config.server_rule == "drfa":
+                counts = {s: float(m["num-examples"]) for s, m in reported.items()}
+                mean = float(np.mean(list(counts.values())))
+                self.weights = count_weights(np.array([counts.get(s, mean) for s in self.sites]))
+            self.started = True
+        present = np.array([s in reported for s in self.sites])
+        losses = np.array([float(reported[s]["global-loss"]) if s in reported else 0.0 for s in self.sites])
+        self.weights = server_weights_step(self.weights, present, losses, self._step(server_round))
+
+    def aggregation_weights(self, sites: list[str], metrics: list[MetricRecord]) -> np.ndarray:
+        """λ of the replying sites, renormalised among them."""
+        w = np.array([self.weights[self.sites.index(s)] for s in sites])
+        return w / w.sum()
+
+    def round_rows(self, server_round: int) -> list[dict[str, object]]:
+        """One ``site_weight`` row per training site (λ after this round's update)."""
+        return [{"site": s, "metric": "site_weight", "value": float(w)}
+                for s, w in zip(self.sites, self.weights, strict=True)]
+
+    def state_dict(self) -> dict[str, object]:
+        """λ (a list in ``sites`` order), the sites and whether it has started."""
+        return {"sites": list(self.sites), "weights": [float(w) for w in self.weights],
+                "started": self.started}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore `state_dict` (the sites must match the plan's)."""
+        if list(state["sites"]) != list(self.sites):
+            raise ValueError(f"checkpoint sites {state['sites']} differ from the plan's {self.sites}")
+        self.weights = np.asarray(state["weights"], dtype=np.float64)
+        self.started = bool(state["started"])
+
+
 @register("groupdro")
 class GroupDRO(Method):
     """Linear probe trained on the exponentiated-gradient GroupDRO objective."""
 
     label: ClassVar[str] = "GroupDRO"
     config_cls: ClassVar[type[MethodConfig]] = GroupDROConfig
+    strategy_cls: ClassVar[type[FedMammoStrategy]] = GroupDROStrategy
 
     def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
         super().__init__(spec, config)
         self.linear = nn.Linear(spec.in_dim, spec.n_classes)
         self.group_weights = GroupWeights(spec.n_groups, getattr(config, "eta", GroupDROConfig.eta))
+        #: True on a federated client whose groups are the sites: the server's λ does the
+        #: worst-site reweighting and the local objective is the plain local risk.
+        self.server_weighted = False
+
+    def begin_round(self, config: dict[str, object]) -> None:
+        """Federated client: with ``sensitive="site"`` it holds one group, so q is trivial."""
+        self.server_weighted = self.config.sensitive == "site"
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits of the probe."""
@@ -247,6 +469,9 @@ class GroupDRO(Method):
 
     def objective(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         r"""Robust loss :math:`\sum_g q_g L_g`; q steps first, only in training mode.
+
+        On a federated client with site groups (`begin_round`) the loss is the plain
+        local risk :math:`L_k` (the weighted CE of its one site) and q does not move.
 
         Returns
         -------
@@ -258,9 +483,12 @@ class GroupDRO(Method):
         logits = self(batch.x)
         per_sample = self.class_weights[batch.y] * F.cross_entropy(logits, batch.y, reduction="none")
         losses, present = per_group_losses(per_sample, batch.group, self.spec.n_groups)
-        # Evaluation passes (no_grad or eval mode) must not move the adversary.
-        q = self.group_weights.update(losses, present) if self.training else self.group_weights.weights
-        loss = (q.to(losses) * losses).sum()
+        if self.server_weighted:
+            loss = per_sample.mean()
+        else:
+            # Evaluation passes (no_grad or eval mode) must not move the adversary.
+            q = self.group_weights.update(losses, present) if self.training else self.group_weights.weights
+            loss = (q.to(losses) * losses).sum()
         shown = losses.detach()[present]
         return loss, {
             "loss": float(loss.detach()),

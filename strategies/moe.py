@@ -23,27 +23,44 @@ whatever `MethodConfig.sensitive` says, since experts are per site.
 Federated reading
 -----------------
 Each client holds one site, so client *k* alone supervises expert *k* and sends the gate
-a single routing target. The server averages the gate over all clients (FedAvg by sample
-count): the averaged gradients are those of the pooled routing problem, so the gate
-learns to tell the sites apart although no client sees two. Experts are aggregated per
-expert — expert *e* is row *e* of ``experts.weight`` and ``experts.bias`` — either by taking expert *e*
-from client *e* only, or by a FedAvg whose client weights are each client's total gate
-mass :math:`\sum_i \alpha_e(x_i)` on expert *e*; both keep expert *e* specialised to
-site *e*, since other clients touch it only through the mixture term in proportion to
-the (shrinking) gate mass they send it. A site absent from a round keeps its expert.
+a single routing target. `MoEStrategy` aggregates so that expert *e* stays specialised
+to site *e* (the training site with domain index *e*, ``plan.domains``):
+
+* the gate (``router.weight``, ``router.bias``) — and every other array — is averaged
+  over all replying clients weighted by their number of examples (FedAvg): the averaged
+  gradients are those of the pooled routing problem, so the gate learns to tell the
+  sites apart although no client sees two;
+* expert *e*'s slice (``experts.weight[e]``, ``experts.bias[e]``) is taken from the
+  client whose domain is *e* when it replied, and otherwise kept from the previous
+  global model (the arrays the strategy sent in this round's `configure_train`). Other
+  clients' copies of expert *e* — moved only through the mixture term, in proportion to
+  the gate mass they send it — are discarded, so a site absent from a round keeps its
+  expert exactly.
+
+(A gate-mass-weighted FedAvg per expert would also keep experts specialised; taking the
+owner's slice is the simpler rule, and the one the "one expert per domain" reading
+implies.)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
 from strategies.base import Batch, Method, MethodConfig, TaskSpec, register, weighted_cross_entropy
+from strategies.federated import FederationPlan, FedMammoStrategy, weighted_average
+
+#: The arrays holding one slice per expert (expert *e* is index *e* of the first axis).
+EXPERT_KEYS = ("experts.weight", "experts.bias")
 
 
 @dataclass(frozen=True)
@@ -117,12 +134,83 @@ class LinearExperts(nn.Module):
         return flat.view(-1, n_experts, n_classes)
 
 
+def moe_aggregate(
+    previous: dict[str, np.ndarray], arrays: Sequence[dict[str, np.ndarray]], domains: Sequence[int],
+    weights: np.ndarray, expert_keys: Sequence[str] = EXPERT_KEYS,
+) -> dict[str, np.ndarray]:
+    """Per-expert aggregation: FedAvg for shared arrays, expert *e* from client *e*.
+
+    Parameters
+    ----------
+    previous : dict
+        The previous global model ``{name: array}`` (what the clients received).
+    arrays : sequence of dict
+        The replying clients' models, one per client.
+    domains : sequence of int
+        Each replying client's domain index (= the index of its own expert).
+    weights : numpy.ndarray
+        FedAvg weight of each replying client (its number of examples).
+    expert_keys : sequence of str
+        Arrays whose first axis indexes the experts.
+
+    Returns
+    -------
+    dict
+        The new global model: every non-expert array (the gate) is the weighted average;
+        expert *e*'s slice of each expert array is client *e*'s when it replied, else
+        ``previous``'s.
+
+    Notes
+    -----
+    The paper's MOE (Table 1, after Li et al. 2023) has "each expert specialized in one
+    domain"; with one site per client, only client *e* trains expert *e* on its own
+    rows (the module docstring has the rule and why).
+    """
+    out = weighted_average(arrays, weights)
+    for key in expert_keys:
+        merged = np.array(previous[key], copy=True)
+        for client, d in zip(arrays, domains, strict=True):
+            merged[d] = client[key][d]
+        out[key] = merged.astype(previous[key].dtype)
+    return out
+
+
+class MoEStrategy(FedMammoStrategy):
+    """FedAvg for the gate, owner-takes-all for each expert (`moe_aggregate`).
+
+    Parameters
+    ----------
+    plan : FederationPlan
+        The federation; ``plan.domains`` maps each site to its expert.
+    on_round_end : callable, optional
+        Passed to `FedMammoStrategy`.
+    """
+
+    def __init__(self, plan: FederationPlan, on_round_end: Callable[[int], None] | None = None) -> None:
+        super().__init__(plan, on_round_end)
+        self.previous: dict[str, np.ndarray] | None = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Remember the global model sent this round (absent sites' experts come from it)."""
+        self.previous = {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_arrays(self, sites: list[str], arrays: list[dict[str, np.ndarray]],
+                         weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Gate by FedAvg over the replying sites; expert *e* from site *e* or kept."""
+        if self.previous is None:
+            raise RuntimeError("MoEStrategy needs configure_train before aggregate_train")
+        return moe_aggregate(self.previous, arrays, [self.plan.domains[s] for s in sites], weights)
+
+
 @register("moe")
 class MoE(Method):
     """Dense mixture of per-site linear experts over frozen FM features."""
 
     label: ClassVar[str] = "MOE"
     config_cls: ClassVar[type[MethodConfig]] = MoEConfig
+    strategy_cls: ClassVar[type[FedMammoStrategy]] = MoEStrategy
 
     def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
         super().__init__(spec, config)
