@@ -65,6 +65,13 @@ def _seed(cfg: ConfigRecord, site: str) -> int:
     return zlib.crc32(f"{cfg['seed']}|{cfg['server-round']}|{site}".encode())
 
 
+def _maybe_fail(cfg: ConfigRecord, site: str) -> None:
+    """Fault injection for resilience tests: fail a seeded fraction of (site, round)s."""
+    rate = float(cfg.get("fault-rate", 0.0))
+    if rate > 0 and (_seed(cfg, site) % 10_000) / 10_000 < rate:
+        raise RuntimeError(f"injected fault at site {site}, round {cfg['server-round']}")
+
+
 def _label_loss(model: Method, data: SiteTask) -> float:
     """Weighted CE of the label head on the local training rows (no gradient)."""
     with torch.inference_mode():
@@ -90,10 +97,7 @@ def train(msg: Message, context: Context) -> Message:
     """Run the method's local update for the configured epochs from the global model."""
     cfg = msg.content["config"]
     site, data = _data(context, cfg)
-    if float(cfg.get("fault-rate", 0.0)) > 0:
-        u = (_seed(cfg, site) % 10_000) / 10_000
-        if u < float(cfg["fault-rate"]):
-            raise RuntimeError(f"injected fault at site {site}, round {cfg['server-round']}")
+    _maybe_fail(cfg, site)
     if data is None:
         raise ValueError(f"site {site} has no labelled rows for task {cfg['task']}")
     model = build_model(cfg, data.train.x.shape[1])
@@ -119,6 +123,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Confusion counts of the global model on the local test split, per subgroup."""
     cfg = msg.content["config"]
     site, data = _data(context, cfg)
+    _maybe_fail(cfg, site)
     n_classes = len(task_classes(str(cfg["task"])))
     if data is None:
         raise ValueError(f"site {site} has no labelled rows for task {cfg['task']}")

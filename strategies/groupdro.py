@@ -42,6 +42,9 @@ training rows, of the global model the client received. λ is the adversary of
 :math:`F_k(w)` at the *shared* model (AFL; DRFA evaluates a snapshot of the shared
 iterate), so every site is scored on the same model. ``train_loss`` (each site's own
 model after its local update) would instead reward sites that fit themselves easily.
+Timing: the losses of :math:`w^{t-1}` arrive with the round-*t* replies; λ steps on
+them first and then weights the round-*t* average (simultaneous descent–ascent, as in
+AFL), so round 1 already uses one step from the starting weights.
 
 Sites that did not reply in a round keep their weight exactly: the update acts on the
 replying sites only and redistributes their combined mass among them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -93,3 +94,64 @@ def test_reply_payload_does_not_grow_with_the_number_of_scans(tmp_path):
                   "age_band": rng.choice(np.array(["<40", "40-70", ">70"], dtype=object), n)}
         sizes.append(encode_counts(site_counts("S", y, p, 4, groups)).nbytes)
     assert sizes[0] == sizes[1]
+
+
+def test_faulty_clients_are_marked_missing_never_averaged(store, tmp_path, sites):
+    h = run_inprocess(_settings(store, tmp_path, sites, num_rounds=5, fault_rate=0.3, seed=3))
+    eval_missing = h[h.metric == "eval_missing"]
+    assert len(eval_missing) > 0, "with a 30 % fault rate some site-rounds must fail"
+    for rnd, part in h.groupby("round"):
+        gone = set(eval_missing[eval_missing["round"] == rnd]["site"])
+        f1 = part[(part.metric == "f1") & (part["class"] == "macro") & (part.site != "all")]
+        assert not gone & set(f1["site"])  # a missing site has no F1 that round
+        assert part[part.metric == "n_missing"]["value"].item() == len(gone)
+        mean = part[part.metric == "f1_mean"]["value"]
+        if len(f1):
+            assert abs(mean.item() - f1["value"].mean()) < 1e-12  # over reporting sites only
+    assert set(h[h.metric == "train_missing"]["site"]) <= {s.name for s in sites}
+
+
+def test_resume_reaches_the_same_final_parameters(store, tmp_path, sites, monkeypatch):
+    full = _settings(store, tmp_path / "full", sites, num_rounds=4)
+    run_inprocess(full)
+    import server.app as server_app
+
+    original = server_app.Checkpointer.__call__
+
+    def crash_after_two(self, server_round):
+        original(self, server_round)
+        if server_round == 2:
+            raise KeyboardInterrupt("simulated crash after round 2")
+
+    monkeypatch.setattr(server_app.Checkpointer, "__call__", crash_after_two)
+    part = _settings(store, tmp_path / "part", sites, num_rounds=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_inprocess(part)
+    monkeypatch.setattr(server_app.Checkpointer, "__call__", original)
+    h = run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=4, resume=True))
+    a, b = np.load(tmp_path / "full" / "final.npz"), np.load(tmp_path / "part" / "final.npz")
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert sorted(h["round"].dropna().unique()) == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(h, pd.read_parquet(tmp_path / "full" / "metrics.parquet"))
+
+
+def test_federated_unified_is_close_to_pooled_on_the_quick_config(tmp_path):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from sim.experiment import load_experiment
+    from sim.runner import run_pooled_experiment
+    from sim.simulate import run_federated_experiment
+
+    quick = load_experiment(Path(__file__).parent.parent / "configs" / "experiments" / "quick.toml")
+    exp = replace(quick, study=replace(quick.study, tasks=("density",), methods=("unified",),
+                                       individual=False),
+                  federated=replace(quick.federated, methods=("unified",)))
+    pooled = run_pooled_experiment(exp, tmp_path / "p", show_progress=False).metrics
+    exp = replace(exp, data=replace(exp.data, store=str(tmp_path / "p" / "store")))
+    fed = run_federated_experiment(exp, tmp_path / "f", show_progress=False)
+    from server.compare import compare
+
+    row = compare(pooled, fed).iloc[0]
+    assert abs(row["federated_mean"] - row["pooled_mean"]) < 0.05, row.to_dict()

@@ -1,0 +1,104 @@
+"""Per-round overhead of the federated engine (in-process and Ray) over client compute.
+
+Baseline, measured in the same run: the same local updates run back to back in one
+loop (what the clients compute), plus the same number of pooled epochs of Unified.
+Overhead per round = (federated wall time − client compute) / rounds. Ray runs in a
+loopback-only network namespace when possible (root + unshare), as the tests do.
+
+    python benchmarks/bench_federated.py [--rounds 10] [--no-ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from client.feature_store import read_entry
+from client.local import site_task
+from server.app import FederatedSettings
+from sim.federated import run_inprocess
+from sim.runner import write_synthetic_store
+from sim.sites import load_sites
+from strategies.base import TaskSpec, get_method
+from strategies.core import HParams, class_weights, concat, fit_steps
+
+STEPS = 25
+
+
+def compute_only(store: str, sites: list[str], rounds: int) -> float:
+    """Seconds for every site's local updates of ``rounds`` rounds, in one loop."""
+    entries = [read_entry(store, "mammoclip", s) for s in sites]
+    parts = [t for d, e in enumerate(entries) if (t := site_task(e, "density", d))]
+    data = concat([p.train for p in parts])
+    cls = get_method("unified")
+    model = cls(TaskSpec(data.x.shape[1], 4, len(parts), class_weights(data.y, 4)), cls.config_cls())
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for p in parts:
+            model.configure_optimizer(1e-3)
+            fit_steps(model, p.train, HParams(32, 1e-3, 1), STEPS, seed=0)
+    return time.perf_counter() - start
+
+
+def ray_seconds(store: str, out: str, rounds: int) -> float | None:
+    """Wall time of a Ray run (subprocess, isolated when possible); None if unavailable."""
+    code = ("import sys,time; from server.app import FederatedSettings; from sim.federated import run_ray;"
+            "from sim.sites import load_sites; t=time.perf_counter();"
+            f"run_ray(FederatedSettings(store={store!r}, fm='mammoclip', task='density', method='unified',"
+            f"sites=tuple(s.name for s in load_sites()), out={out!r}, num_rounds={rounds},"
+            f"local_steps={STEPS})); "
+            "print('SECONDS', time.perf_counter()-t)")
+    cmd = [sys.executable, "-c", code]
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        cmd = ["unshare", "-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\"", *cmd]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, start_new_session=True)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("SECONDS")]
+    return float(lines[-1].split()[1]) if lines else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    sites = [s.name for s in load_sites()]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = f"{tmp}/store"
+        write_synthetic_store(store, load_sites(), ["mammoclip"], 0.25, 0, show_progress=False)
+        compute = compute_only(store, sites, args.rounds)
+        s = FederatedSettings(store=store, fm="mammoclip", task="density", method="unified",
+                              sites=tuple(sites), out=f"{tmp}/fed", num_rounds=args.rounds, local_steps=STEPS)
+        t0 = time.perf_counter()
+        run_inprocess(s)
+        inproc = time.perf_counter() - t0
+        out = {"bench": "federated", "rounds": args.rounds, "local_steps": STEPS, "sites": len(sites),
+               "client_compute_s": round(compute, 2), "inprocess_s": round(inproc, 2),
+               "inprocess_overhead_per_round_s": round((inproc - compute) / args.rounds, 3)}
+        if not args.no_ray:
+            short = ray_seconds(store, f"{tmp}/r1", 2)
+            long_ = ray_seconds(store, f"{tmp}/r2", 2 + args.rounds)
+            if short and long_:
+                per_round = (long_ - short) / args.rounds
+                out |= {"ray_2_rounds_s": round(short, 2),
+                        f"ray_{2 + args.rounds}_rounds_s": round(long_, 2),
+                        "ray_per_round_s": round(per_round, 3),
+                        "ray_overhead_per_round_s": round(per_round - compute / args.rounds, 3)}
+    print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
