@@ -110,6 +110,8 @@ class FedMammoStrategy(FedAvg):
         self.train_sites: dict[int, list[str]] = {}
         self._pending_rows: list[dict[str, object]] = []
         self.current_arrays: ArrayRecord | None = None
+        #: The global model sent in this round's training messages, as numpy arrays.
+        self.sent_arrays: dict[str, np.ndarray] = {}
 
     # -- hooks a method overrides ------------------------------------------------------
     def aggregation_weights(self, sites: list[str], metrics: list[MetricRecord]) -> np.ndarray:
@@ -171,6 +173,7 @@ class FedMammoStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Sample sites with a per-round seed and send each its own config."""
+        self.sent_arrays = {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
         sites = self.plan.sites
         k = max(1, round(len(sites) * self.plan.fraction_train))
         rng = random.Random(self.plan.seed * 100_003 + self._round(server_round))

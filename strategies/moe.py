@@ -45,14 +45,12 @@ implies.)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
-from flwr.serverapp import Grid
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
@@ -188,20 +186,11 @@ class MoEStrategy(FedMammoStrategy):
 
     def __init__(self, plan: FederationPlan, on_round_end: Callable[[int], None] | None = None) -> None:
         super().__init__(plan, on_round_end)
-        self.previous: dict[str, np.ndarray] | None = None
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Remember the global model sent this round (absent sites' experts come from it)."""
-        self.previous = {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
-        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_arrays(self, sites: list[str], arrays: list[dict[str, np.ndarray]],
                          weights: np.ndarray) -> dict[str, np.ndarray]:
         """Gate by FedAvg over the replying sites; expert *e* from site *e* or kept."""
-        if self.previous is None:
-            raise RuntimeError("MoEStrategy needs configure_train before aggregate_train")
-        return moe_aggregate(self.previous, arrays, [self.plan.domains[s] for s in sites], weights)
+        return moe_aggregate(self.sent_arrays, arrays, [self.plan.domains[s] for s in sites], weights)
 
 
 @register("moe")

@@ -30,13 +30,12 @@ step; the ``class_weights`` buffer is the same on every client and the server, s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import MetricRecord
 
 from sim.config import build
 from strategies.base import MethodConfig, register
@@ -122,14 +121,7 @@ class QFFLStrategy(FedMammoStrategy):
     def __init__(self, plan: FederationPlan, on_round_end: Callable[[int], None] | None = None) -> None:
         super().__init__(plan, on_round_end)
         self.config = build(QFFLConfig, plan.method_overrides, "method-config")
-        self.previous: dict[str, np.ndarray] | None = None
         self.losses: dict[str, float] = {}
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Remember :math:`w^t`, the global model sent this round."""
-        self.previous = {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
-        return super().configure_train(server_round, arrays, config, grid)
 
     def observe_train(self, server_round: int, sites: list[str], metrics: list[MetricRecord]) -> None:
         """Keep each replying site's :math:`F_k(w^t)` (its ``global-loss``)."""
@@ -138,9 +130,7 @@ class QFFLStrategy(FedMammoStrategy):
     def aggregate_arrays(self, sites: list[str], arrays: list[dict[str, np.ndarray]],
                          weights: np.ndarray) -> dict[str, np.ndarray]:
         """The q-FedAvg step (its own normalisation: ``weights`` are not used)."""
-        if self.previous is None:
-            raise RuntimeError("QFFLStrategy needs configure_train before aggregate_train")
-        return qfedavg_aggregate(self.previous, arrays, [self.losses[s] for s in sites],
+        return qfedavg_aggregate(self.sent_arrays, arrays, [self.losses[s] for s in sites],
                                  self.config.q, 1.0 / self.plan.lr)
 
 
