@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from sim.federated import run_inprocess
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
 from strategies.base import TaskSpec, get_method
-from strategies.core import HParams, class_weights, concat, fit_steps
+from strategies.core import HParams, class_weights, concat, fit, fit_steps
 
 STEPS = 25
 
@@ -46,6 +47,15 @@ def compute_only(store: str, sites: list[str], rounds: int) -> float:
         for p in parts:
             model.configure_optimizer(1e-3)
             fit_steps(model, p.train, HParams(32, 1e-3, 1), STEPS, seed=0)
+    return time.perf_counter() - start
+
+
+def pooled_epochs(store: str, sites: list[str], epochs: int) -> float:
+    """Seconds of pooled Unified training for ``epochs`` epochs on the same rows (batch 32)."""
+    entries = [read_entry(store, "mammoclip", s) for s in sites]
+    data = concat([t.train for d, e in enumerate(entries) if (t := site_task(e, "density", d))])
+    start = time.perf_counter()
+    fit("unified", data, 4, 8, get_method("unified").config_cls(epochs=epochs), do_search=False)
     return time.perf_counter() - start
 
 
@@ -82,9 +92,16 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         run_inprocess(s)
         inproc = time.perf_counter() - t0
+        quick = FederatedSettings(**(asdict(s) | {"out": f"{tmp}/quick", "num_rounds": 40}))
+        t0 = time.perf_counter()
+        run_inprocess(quick)
+        quick_s = time.perf_counter() - t0
+        pooled_s = pooled_epochs(store, sites, 30)
         out = {"bench": "federated", "rounds": args.rounds, "local_steps": STEPS, "sites": len(sites),
                "client_compute_s": round(compute, 2), "inprocess_s": round(inproc, 2),
-               "inprocess_overhead_per_round_s": round((inproc - compute) / args.rounds, 3)}
+               "inprocess_overhead_per_round_s": round((inproc - compute) / args.rounds, 3),
+               "quick_federated_40_rounds_s": round(quick_s, 2), "pooled_30_epochs_s": round(pooled_s, 2),
+               "quick_federated_vs_pooled_ratio": round(quick_s / pooled_s, 2)}
         if not args.no_ray:
             short = ray_seconds(store, f"{tmp}/r1", 2)
             long_ = ray_seconds(store, f"{tmp}/r2", 2 + args.rounds)
