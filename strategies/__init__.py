@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_INFRA = {"base", "core"}
+_INFRA = {"base", "core", "federated", "reweighting"}
 
 
 def load_all() -> None:

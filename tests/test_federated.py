@@ -81,19 +81,50 @@ def test_fedavg_one_full_batch_sgd_step_equals_pooled_gradient_descent(tmp_path)
         np.testing.assert_allclose(fed[name], value.numpy(), atol=1e-6, rtol=0)
 
 
-def test_reply_payload_does_not_grow_with_the_number_of_scans(tmp_path):
-    from client.app import evaluate, train  # noqa: F401 - handlers under test
-    from client.evaluation import site_counts
-    from client.payload import encode_counts
+def _reply_bytes(msg) -> int:
+    """Bytes of every array and metric value in a reply's content."""
+    total = 0
+    for record in msg.content.values():
+        for value in record.values():
+            total += value.numpy().nbytes if hasattr(value, "numpy") else np.asarray(value).nbytes
+    return total
 
+
+def test_client_replies_do_not_grow_with_scans_nor_carry_ids(tmp_path):
+    """The real ClientApp's train and evaluate replies for a site of 100 and of 10 000 test scans."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client.app import app, build_model
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     rng = np.random.default_rng(0)
-    sizes = []
+    sizes, ids = {}, set()
     for n in (100, 10_000):
-        y, p = rng.integers(0, 4, n), rng.integers(0, 4, n)
-        groups = {"density": rng.choice(np.array(list("ABCD"), dtype=object), n),
-                  "age_band": rng.choice(np.array(["<40", "40-70", ">70"], dtype=object), n)}
-        sizes.append(encode_counts(site_counts("S", y, p, 4, groups)).nbytes)
-    assert sizes[0] == sizes[1]
+        m = pd.DataFrame({"site": "H", "patient_id": [f"H/P{i:06d}" for i in range(n)],
+                          "scan_id": [f"H/P{i:06d}/L_CC" for i in range(n)], "view": "CC",
+                          "laterality": "L", "age": rng.uniform(30, 85, n),
+                          "density": rng.choice(list("ABCD"), n), "diagnosis": None,
+                          "split": np.where(np.arange(n) % 2 == 0, "train", "test")})
+        x = rng.normal(size=(n, 16)).astype(np.float32)
+        write_entry(tmp_path / f"s{n}", m, x, Provenance("tiny", "H", 16, n, "synthetic", "t"))
+        ids |= set(m["patient_id"]) | set(m["scan_id"])
+        cfg = {"method": "unified", "fm": "tiny", "task": "density", "n-domains": 1, "domain": 0,
+               "class-weights": [1.0] * 4, "method-config": "{}", "local-epochs": 1, "local-steps": 0,
+               "batch-size": 32, "lr": 1e-3, "seed": 0, "server-round": 1, "progress-start": 0.0,
+               "progress-end": 1.0, "fault-rate": 0.0}
+        arrays = ArrayRecord(build_model(ConfigRecord(cfg), 16).state_dict())
+        ctx = Context(run_id=1, node_id=7, node_config={"site": "H", "data-path": str(tmp_path / f"s{n}")},
+                      state=RecordDict(), run_config={})
+        for kind in (MessageType.TRAIN, MessageType.EVALUATE):
+            msg = Message(RecordDict({"arrays": arrays, "config": ConfigRecord(cfg)}), dst_node_id=7,
+                          message_type=kind)
+            reply = app(msg, ctx)
+            sizes.setdefault(kind, []).append(_reply_bytes(reply))
+            text = repr(reply.content)
+            assert not any(i in text for i in list(ids)[:200] + ["H/P000001"])
+    assert sizes[MessageType.TRAIN][0] == sizes[MessageType.TRAIN][1]
+    assert sizes[MessageType.EVALUATE][0] == sizes[MessageType.EVALUATE][1]
 
 
 def test_faulty_clients_are_marked_missing_never_averaged(store, tmp_path, sites):
