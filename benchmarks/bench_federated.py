@@ -11,7 +11,6 @@ loopback-only network namespace when possible (root + unshare), as the tests do.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from common import emit
 
 from client.feature_store import read_entry
 from client.local import site_task
@@ -111,10 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
                         f"ray_{2 + args.rounds}_rounds_s": round(long_, 2),
                         "ray_per_round_s": round(per_round, 3),
                         "ray_overhead_per_round_s": round(per_round - compute / args.rounds, 3)}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-    return out
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

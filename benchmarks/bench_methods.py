@@ -10,13 +10,13 @@ number of updates the paper protocol takes gives the wall time of a full Table 3
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import emit
 
 from strategies import load_all
 from strategies.base import REGISTRY, Batch, TaskSpec
@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"bench": "methods", "dim": args.dim, "batch": 32,
            "ms_per_update": {k: round(v, 3) for k, v in ms.items()},
            "ratio_vs_unified": {k: round(v / base, 1) for k, v in ms.items()}}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-    return out
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ batch 32) on the same data. The ratio says how many "plain fits" the protocol co
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import emit
 
 from client.feature_store import read_entry
 from client.local import site_task
@@ -53,10 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
            "full_protocol_s": round(protocol, 2), "ratio": round(protocol / baseline, 1),
            "chosen": {"batch_size": result.hparams.batch_size, "lr": result.hparams.lr},
            "torch_threads": torch.get_num_threads()}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-    return out
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

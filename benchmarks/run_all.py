@@ -14,6 +14,7 @@ def main() -> int:
     out = HERE.parent / ".bench-out"
     out.mkdir(exist_ok=True)
     results = []
+    sys.path.insert(0, str(HERE))  # the scripts import their sibling `common`
     for script in sorted(HERE.glob("bench_*.py")):
         print(f"== {script.name}", flush=True)
         module = runpy.run_path(str(script))
