@@ -54,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--pooled", required=True, type=Path)
     cmp_.add_argument("--federated", required=True, type=Path)
     cmp_.add_argument("--out", required=True, type=Path)
-    demo = sub.add_parser("demo", help="quick experiment pooled and federated, then compare")
+    report = sub.add_parser("report", help="report.md with figures and CSV tables from a results folder")
+    report.add_argument("results", type=Path, help="demo-style folder (pooled/, federated/) or a run folder")
+    report.add_argument("--out", type=Path, help="report folder (default RESULTS/report)")
+    demo = sub.add_parser("demo", help="quick experiment pooled and federated, compare, report")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
     return parser
 
@@ -101,6 +104,15 @@ def _demo(args: argparse.Namespace, quiet: bool) -> None:
     _simulate(args, quiet)
     console.print(Markdown(_compare(out / "pooled", out / "federated", out)))
     console.print(f"comparison written to {out / 'comparison.md'}")
+    _report(out, None)
+
+
+def _report(results: Path, out: Path | None) -> None:
+    from server.report import build_report  # matplotlib and sklearn load only when reporting
+
+    start = time.perf_counter()
+    path = build_report(results, out)
+    console.print(f"report written to {path} in {time.perf_counter() - start:.0f} s")
 
 
 def _pooled(args: argparse.Namespace, quiet: bool) -> None:
@@ -128,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             _simulate(args, args.quiet)
         elif args.command == "compare":
             console.print(Markdown(_compare(args.pooled, args.federated, args.out)))
+        elif args.command == "report":
+            _report(args.results, args.out)
         elif args.command == "demo":
             _demo(args, args.quiet)
     except (ConfigError, FeatureStoreError, FileNotFoundError, KeyError, ValueError) as err:
