@@ -80,6 +80,18 @@ def _label_loss(model: Method, data: SiteTask) -> float:
         return float(weighted_cross_entropy(model.eval()(x), y, model.class_weights))
 
 
+def _received(msg: Message, context: Context) -> tuple[ConfigRecord, str, SiteTask, Method]:
+    """The message's config, this node's site and rows, and the global model it was sent."""
+    cfg = msg.content["config"]
+    site, data = _data(context, cfg)
+    _maybe_fail(cfg, site)
+    if data is None:
+        raise ValueError(f"site {site} has no labelled rows for task {cfg['task']}")
+    model = build_model(cfg, data.train.x.shape[1])
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return cfg, site, data, model
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Report this node's site and aggregate label counts (no identifiers)."""
@@ -95,13 +107,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Run the method's local update for the configured epochs from the global model."""
-    cfg = msg.content["config"]
-    site, data = _data(context, cfg)
-    _maybe_fail(cfg, site)
-    if data is None:
-        raise ValueError(f"site {site} has no labelled rows for task {cfg['task']}")
-    model = build_model(cfg, data.train.x.shape[1])
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    cfg, site, data, model = _received(msg, context)
     model.begin_round(dict(cfg))
     global_loss = _label_loss(model, data)
     model.configure_optimizer(float(cfg["lr"]))
@@ -121,14 +127,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Confusion counts of the global model on the local test split, per subgroup."""
-    cfg = msg.content["config"]
-    site, data = _data(context, cfg)
-    _maybe_fail(cfg, site)
+    cfg, site, data, model = _received(msg, context)
     n_classes = len(task_classes(str(cfg["task"])))
-    if data is None:
-        raise ValueError(f"site {site} has no labelled rows for task {cfg['task']}")
-    model = build_model(cfg, data.test_x.shape[1])
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     counts = site_counts(site, data.test_y, predict(model, data.test_x), n_classes, data.test_groups)
     return Message(RecordDict({"arrays": ArrayRecord({"counts": Array(encode_counts(counts))}),
                                "metrics": MetricRecord({"num-examples": len(data.test_y)})}),
