@@ -30,6 +30,8 @@ from flwr.serverapp.strategy import FedAvg
 from client.payload import decode_counts
 from client.schema import task_classes
 from server.history import ALL_SITES, RunKey, rows_from_counts
+from sim.config import build
+from strategies.base import MethodConfig, get_method
 
 
 @dataclass
@@ -112,6 +114,12 @@ class FedMammoStrategy(FedAvg):
         self.current_arrays: ArrayRecord | None = None
         #: The global model sent in this round's training messages, as numpy arrays.
         self.sent_arrays: dict[str, np.ndarray] = {}
+
+    @property
+    def method_config(self) -> MethodConfig:
+        """The method's config with the run's overrides (what every client builds)."""
+        cls = get_method(self.plan.method).config_cls
+        return build(cls, self.plan.method_overrides, "method-config")
 
     # -- hooks a method overrides ------------------------------------------------------
     def aggregation_weights(self, sites: list[str], metrics: list[MetricRecord]) -> np.ndarray:

@@ -71,7 +71,6 @@ from flwr.app import MetricRecord
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
-from sim.config import build
 from strategies.base import Batch, Method, MethodConfig, TaskSpec, register, weighted_cross_entropy
 from strategies.federated import FederationPlan, FedMammoStrategy
 from strategies.reweighting import (  # noqa: F401 - re-exported: the method's math
@@ -243,7 +242,7 @@ class GroupDROStrategy(FedMammoStrategy):
 
     def __init__(self, plan: FederationPlan, on_round_end: Callable[[int], None] | None = None) -> None:
         super().__init__(plan, on_round_end)
-        self.config = build(GroupDROConfig, plan.method_overrides, "method-config")
+        self.config: GroupDROConfig = self.method_config  # type: ignore[assignment]
         self.sites = plan.sites
         self.weights = np.full(len(self.sites), 1.0 / len(self.sites))
         self.started = False

@@ -37,7 +37,6 @@ from typing import ClassVar
 import numpy as np
 from flwr.app import MetricRecord
 
-from sim.config import build
 from strategies.base import MethodConfig, register
 from strategies.federated import FederationPlan, FedMammoStrategy
 from strategies.unified import Unified, UnifiedConfig
@@ -120,7 +119,7 @@ class QFFLStrategy(FedMammoStrategy):
 
     def __init__(self, plan: FederationPlan, on_round_end: Callable[[int], None] | None = None) -> None:
         super().__init__(plan, on_round_end)
-        self.config = build(QFFLConfig, plan.method_overrides, "method-config")
+        self.config: QFFLConfig = self.method_config  # type: ignore[assignment]
         self.losses: dict[str, float] = {}
 
     def observe_train(self, server_round: int, sites: list[str], metrics: list[MetricRecord]) -> None:
