@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from server.history import ALL_SITES
+from server.history import ALL_SITES, final_round
 from server.metrics import site_summary, wilcoxon_greater
 
 
@@ -43,8 +43,7 @@ def compare(pooled: pd.DataFrame, federated: pd.DataFrame) -> pd.DataFrame:
         n_sites, p_federated_lower, p_federated_higher.
     """
     pooled = pooled[pooled["trained_on"] == ALL_SITES]
-    last = federated.groupby(["fm", "task", "method"])["round"].transform("max")
-    federated = federated[federated["round"] == last]
+    federated = final_round(federated)
     rows = []
     keys = sorted(set(map(tuple, pooled[["method", "fm", "task"]].drop_duplicates().to_numpy()))
                   & set(map(tuple, federated[["method", "fm", "task"]].drop_duplicates().to_numpy())))

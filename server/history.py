@@ -118,6 +118,12 @@ def rows_from_counts(
     return _frame(key, rows)
 
 
+def final_round(history: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each (FM, task, method)'s last round: the federated model's result."""
+    last = history.groupby(["fm", "task", "method"])["round"].transform("max")
+    return history[history["round"] == last]
+
+
 def empty_history() -> pd.DataFrame:
     """A history with no rows but the right columns."""
     return pd.DataFrame({c: pd.Series(dtype="object") for c in METRIC_COLUMNS})

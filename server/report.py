@@ -21,13 +21,12 @@ from client.atomic import write_text
 from client.feature_store import PROVENANCE, list_entries
 from server import figures
 from server.compare import compare, comparison_markdown
-from server.history import ALL_SITES
+from server.history import ALL_SITES, final_round
 from server.tables import LEGEND, table3_cells, table3_markdown
 
 #: Federated final-round models join Table 3 as extra methods under this suffix.
 FED_SUFFIX = "@fed"
 AGE_ORDER = ("<40", "40-70", ">70")
-REF_METHOD = "unified"
 
 HOW_TABLE3 = (
     "*How to read this:* a cell summarises one model family's F1 over the test sites as mean ± sd (a high"
@@ -113,14 +112,11 @@ def _slug(*parts: str) -> str:
     return "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", p) for p in parts)
 
 
-def final_round(history: pd.DataFrame) -> pd.DataFrame:
-    """Rows of each federated (FM, task, method)'s last round."""
-    last = history.groupby(["fm", "task", "method"])["round"].transform("max")
-    return history[history["round"] == last]
-
-
 def _trained(history: pd.DataFrame) -> list[str]:
-    return _ordered(history.loc[history["trained_on"] == ALL_SITES, "method"], REF_METHOD)
+    # The reference row is the probe the Individual rows use (the paper's Unified).
+    indiv = history.loc[history["trained_on"] != ALL_SITES, "method"]
+    reference = str(indiv.iloc[0]) if len(indiv) else None
+    return _ordered(history.loc[history["trained_on"] == ALL_SITES, "method"], reference)
 
 
 def table3_history(res: Results) -> tuple[pd.DataFrame, dict[str, str]]:

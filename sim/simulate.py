@@ -12,7 +12,7 @@ import torch
 from client.atomic import write_parquet, write_text
 from client.feature_store import list_entries
 from server.app import FederatedSettings
-from server.history import ALL_SITES
+from server.history import ALL_SITES, final_round
 from server.tables import LEGEND, table3_cells, table3_markdown
 from sim.experiment import Experiment
 from sim.federated import ENGINES
@@ -35,12 +35,6 @@ def settings_for(exp: Experiment, store: Path, out: Path, fm: str, task: str, me
         batch_size=f.batch_size, lr=f.lr,
         seed=exp.protocol.seed, fraction_train=f.fraction_train, fault_rate=f.fault_rate,
         resume=resume, method_overrides=overrides)
-
-
-def final_round(history: pd.DataFrame) -> pd.DataFrame:
-    """Rows of each (FM, task, method)'s last round: the federated model's result."""
-    last = history.groupby(["fm", "task", "method"])["round"].transform("max")
-    return history[history["round"] == last]
 
 
 def run_federated_experiment(exp: Experiment, out: str | Path, engine: str | None = None,

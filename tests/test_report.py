@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from server.report import build_report, final_round
+from server.history import final_round
+from server.report import build_report
 from sim.experiment import load_experiment
 from sim.runner import run_pooled_experiment
 from sim.simulate import run_federated_experiment
