@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,33 +26,10 @@ from client.app import build_model
 from client.atomic import atomic_dir, write_parquet
 from strategies.base import get_method
 from strategies.core import class_weights
-from strategies.federated import FederationPlan, FedMammoStrategy
+from strategies.federated import FederatedSettings, FederationPlan, FedMammoStrategy  # noqa: F401 - re-export
 
 log = logging.getLogger("fedmammo")
 CHECKPOINT = "checkpoint"
-
-
-@dataclass(frozen=True)
-class FederatedSettings:
-    """One federated run: data, method and schedule (flat, like Flower's run_config)."""
-
-    store: str
-    fm: str
-    task: str
-    method: str
-    sites: tuple[str, ...]
-    out: str
-    num_rounds: int = 5
-    local_epochs: int = 1
-    local_steps: int = 0
-    batch_size: int = 32
-    lr: float = 1e-3
-    seed: int = 0
-    fraction_train: float = 1.0
-    fault_rate: float = 0.0
-    resume: bool = False
-    timeout: float = 600.0
-    method_overrides: dict[str, object] = field(default_factory=dict)
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -90,23 +67,20 @@ def make_plan(s: FederatedSettings, infos: dict[int, ConfigRecord]) -> tuple[Fed
     totals = np.sum([np.asarray(i["class-counts"], dtype=np.int64) for i in infos.values()], axis=0)
     labels = np.repeat(np.arange(totals.size), totals)
     node_to_site = {n: str(i["site"]) for n, i in infos.items() if str(i["site"]) in labelled}
-    plan = FederationPlan(
-        node_to_site=node_to_site, domains={site: d for d, site in enumerate(labelled)},
-        class_weights=class_weights(labels, totals.size), fm=s.fm, task=s.task, method=s.method,
-        store=s.store, all_sites=tuple(s.sites),
-        method_overrides=dict(s.method_overrides), local_epochs=s.local_epochs, local_steps=s.local_steps,
-        batch_size=s.batch_size, lr=s.lr, num_rounds=s.num_rounds, seed=s.seed,
-        fraction_train=s.fraction_train, fault_rate=s.fault_rate)
+    plan = FederationPlan(settings=s, node_to_site=node_to_site,
+                          domains={site: d for d, site in enumerate(labelled)},
+                          class_weights=class_weights(labels, totals.size))
     dim = max(int(i["dim"]) for i in infos.values())
     return plan, dim
 
 
 def initial_arrays(plan: FederationPlan, dim: int) -> ArrayRecord:
     """The method's freshly initialised model (seeded), as the round-1 global model."""
-    torch.manual_seed(plan.seed)
-    cfg = ConfigRecord({"method": plan.method, "task": plan.task, "n-domains": len(plan.domains),
+    s = plan.settings
+    torch.manual_seed(s.seed)
+    cfg = ConfigRecord({"method": s.method, "task": s.task, "n-domains": len(plan.domains),
                         "class-weights": list(plan.class_weights),
-                        "method-config": json.dumps(plan.method_overrides)})
+                        "method-config": json.dumps(s.method_overrides)})
     return ArrayRecord(build_model(cfg, dim).state_dict())
 
 

@@ -130,7 +130,7 @@ class FedDGGAStrategy(FedMammoStrategy):
     Parameters
     ----------
     plan : FederationPlan
-        The federation; ``plan.method_overrides`` fills `FedDGGAConfig`.
+        The federation; ``plan.settings.method_overrides`` fills `FedDGGAConfig`.
     on_round_end : callable, optional
         Passed to `FedMammoStrategy`.
     """
@@ -153,7 +153,8 @@ class FedDGGAStrategy(FedMammoStrategy):
                 self.gaps[s] = float(m["global-loss"]) - prev[1]
         if self.gaps:
             idx = np.array([self.sites.index(s) for s in self.gaps])
-            step = ga_step_size(server_round - 1, self.plan.num_rounds, self.config.ga_step, len(self.sites))
+            rounds = self.plan.settings.num_rounds
+            step = ga_step_size(server_round - 1, rounds, self.config.ga_step, len(self.sites))
             gaps = np.array(list(self.gaps.values()))
             self.weights = self.weights.copy()
             self.weights[idx] = generalization_adjustment(self.weights[idx], gaps, step)

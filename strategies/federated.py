@@ -34,27 +34,41 @@ from sim.config import build
 from strategies.base import MethodConfig, get_method
 
 
-@dataclass
-class FederationPlan:
-    """Who is in the federation and what each round sends (built after discovery)."""
+@dataclass(frozen=True)
+class FederatedSettings:
+    """One federated run: data, method and schedule (flat, like Flower's run_config)."""
 
-    node_to_site: dict[int, str]
-    domains: dict[str, int]
-    class_weights: tuple[float, ...]
+    store: str
     fm: str
     task: str
     method: str
-    store: str = ""
-    all_sites: tuple[str, ...] = ()
-    method_overrides: dict[str, object] = field(default_factory=dict)
+    sites: tuple[str, ...]
+    out: str
+    num_rounds: int = 5
     local_epochs: int = 1
     local_steps: int = 0
     batch_size: int = 32
     lr: float = 1e-3
-    num_rounds: int = 5
     seed: int = 0
     fraction_train: float = 1.0
     fault_rate: float = 0.0
+    resume: bool = False
+    timeout: float = 600.0
+    method_overrides: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class FederationPlan:
+    """The run's settings plus what discovery found.
+
+    That is: which node serves which training site, each site's domain index, and the
+    global class weights.
+    """
+
+    settings: FederatedSettings
+    node_to_site: dict[int, str]
+    domains: dict[str, int]
+    class_weights: tuple[float, ...]
     round_offset: int = 0
 
     @property
@@ -104,7 +118,7 @@ class FedMammoStrategy(FedAvg):
 
     def __init__(self, plan: FederationPlan, on_round_end: Callable[[int], None] | None = None) -> None:
         n = len(plan.node_to_site)
-        super().__init__(fraction_train=plan.fraction_train, min_train_nodes=1, min_evaluate_nodes=1,
+        super().__init__(fraction_train=plan.settings.fraction_train, min_train_nodes=1, min_evaluate_nodes=1,
                          min_available_nodes=n)
         self.plan = plan
         self.on_round_end = on_round_end
@@ -118,8 +132,8 @@ class FedMammoStrategy(FedAvg):
     @property
     def method_config(self) -> MethodConfig:
         """The method's config with the run's overrides (what every client builds)."""
-        cls = get_method(self.plan.method).config_cls
-        return build(cls, self.plan.method_overrides, "method-config")
+        cls = get_method(self.plan.settings.method).config_cls
+        return build(cls, self.plan.settings.method_overrides, "method-config")
 
     # -- hooks a method overrides ------------------------------------------------------
     def aggregation_weights(self, sites: list[str], metrics: list[MetricRecord]) -> np.ndarray:
@@ -154,16 +168,16 @@ class FedMammoStrategy(FedAvg):
         return server_round + self.plan.round_offset
 
     def _base_config(self, server_round: int) -> dict[str, object]:
-        p = self.plan
+        p, s = self.plan, self.plan.settings
         rnd = self._round(server_round)
         return {
-            "method": p.method, "fm": p.fm, "task": p.task, "n-domains": len(p.domains),
-            "store": p.store, "sites": ",".join(p.all_sites),
-            "class-weights": list(p.class_weights), "method-config": json.dumps(p.method_overrides),
-            "local-epochs": p.local_epochs, "local-steps": p.local_steps, "batch-size": p.batch_size,
-            "lr": p.lr, "seed": p.seed,
-            "server-round": rnd, "progress-start": (rnd - 1) / p.num_rounds,
-            "progress-end": rnd / p.num_rounds, "fault-rate": p.fault_rate,
+            "method": s.method, "fm": s.fm, "task": s.task, "n-domains": len(p.domains),
+            "store": s.store, "sites": ",".join(s.sites),
+            "class-weights": list(p.class_weights), "method-config": json.dumps(s.method_overrides),
+            "local-epochs": s.local_epochs, "local-steps": s.local_steps, "batch-size": s.batch_size,
+            "lr": s.lr, "seed": s.seed,
+            "server-round": rnd, "progress-start": (rnd - 1) / s.num_rounds,
+            "progress-end": rnd / s.num_rounds, "fault-rate": s.fault_rate,
         }
 
     def _messages(self, sites: Iterable[str], arrays: ArrayRecord, server_round: int,
@@ -183,8 +197,8 @@ class FedMammoStrategy(FedAvg):
         """Sample sites with a per-round seed and send each its own config."""
         self.sent_arrays = {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
         sites = self.plan.sites
-        k = max(1, round(len(sites) * self.plan.fraction_train))
-        rng = random.Random(self.plan.seed * 100_003 + self._round(server_round))
+        k = max(1, round(len(sites) * self.plan.settings.fraction_train))
+        rng = random.Random(self.plan.settings.seed * 100_003 + self._round(server_round))
         chosen = sorted(rng.sample(sites, k)) if k < len(sites) else sites
         self.train_sites[self._round(server_round)] = chosen
         return self._messages(chosen, arrays, server_round, MessageType.TRAIN)
@@ -230,8 +244,9 @@ class FedMammoStrategy(FedAvg):
         got = self._valid_by_site(replies, is_train=False)
         counts = [decode_counts(s, m.content["arrays"]["counts"].numpy()) for s, m in got]
         p = self.plan
-        key = RunKey("federated", p.fm, p.task, p.method, ALL_SITES, rnd)
-        frame = rows_from_counts(key, counts, task_classes(p.task), p.task) if counts else None
+        s = p.settings
+        key = RunKey("federated", s.fm, s.task, s.method, ALL_SITES, rnd)
+        frame = rows_from_counts(key, counts, task_classes(s.task), s.task) if counts else None
         missing = [s for s in p.sites if s not in {c.site for c in counts}]
         extra = self._pending_rows + [
             {"site": s, "metric": "eval_missing", "value": 1.0} for s in missing]

@@ -235,7 +235,7 @@ class GroupDROStrategy(FedMammoStrategy):
     Parameters
     ----------
     plan : FederationPlan
-        The federation; ``plan.method_overrides`` fills `GroupDROConfig`.
+        The federation; ``plan.settings.method_overrides`` fills `GroupDROConfig`.
     on_round_end : callable, optional
         Passed to `FedMammoStrategy`.
     """

@@ -111,7 +111,7 @@ class QFFLStrategy(FedMammoStrategy):
     Parameters
     ----------
     plan : FederationPlan
-        The federation; ``plan.lr`` gives L = 1/lr, ``plan.method_overrides`` fills
+        The federation; ``plan.settings.lr`` gives L = 1/lr, ``plan.settings.method_overrides`` fills
         `QFFLConfig`.
     on_round_end : callable, optional
         Passed to `FedMammoStrategy`.
@@ -130,7 +130,7 @@ class QFFLStrategy(FedMammoStrategy):
                          weights: np.ndarray) -> dict[str, np.ndarray]:
         """The q-FedAvg step (its own normalisation: ``weights`` are not used)."""
         return qfedavg_aggregate(self.sent_arrays, arrays, [self.losses[s] for s in sites],
-                                 self.config.q, 1.0 / self.plan.lr)
+                                 self.config.q, 1.0 / self.plan.settings.lr)
 
 
 @register("qffl")

@@ -19,7 +19,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from strategies.base import Batch, TaskSpec, get_method, weighted_cross_entropy
 from strategies.feddg_ga import FedDGGAStrategy, ga_step_size, generalization_adjustment
-from strategies.federated import FederationPlan
+from strategies.federated import FederatedSettings, FederationPlan
 from strategies.fedprox import FedProx, FedProxConfig, proximal_term
 from strategies.groupdro import (
     GroupDRO,
@@ -46,10 +46,11 @@ def _task_identity():
 
 
 def make_plan(method: str, num_rounds: int = 5, **overrides: object) -> FederationPlan:
-    return FederationPlan(node_to_site={n: s for s, n in NODES.items()},
-                          domains={s: d for d, s in enumerate(SITES)}, class_weights=(1.0, 1.0),
-                          fm="medclip", task="density", method=method, method_overrides=dict(overrides),
-                          lr=0.01, num_rounds=num_rounds)
+    settings = FederatedSettings(store="", fm="medclip", task="density", method=method,
+                                 sites=tuple(SITES), out="", lr=0.01, num_rounds=num_rounds,
+                                 method_overrides=dict(overrides))
+    return FederationPlan(settings=settings, node_to_site={n: s for s, n in NODES.items()},
+                          domains={s: d for d, s in enumerate(SITES)}, class_weights=(1.0, 1.0))
 
 
 def send(strategy, rnd: int, arrays: dict[str, np.ndarray]) -> dict[str, Message]:
