@@ -41,12 +41,8 @@ def _isolated(cmd: list[str]) -> list[str]:
     return ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {inner}"]
 
 
-def test_ray_simulation_every_site_every_round(tmp_path, sites):
-    write_synthetic_store(tmp_path / "store", sites, ["medclip"], 0.05, 0, show_progress=False)
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    cmd = _isolated([sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "out")])
-    env = os.environ | {"FLWR_LOG_LEVEL": "WARNING", "RAY_DEDUP_LOGS": "0"}
+def _run_session(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``cmd`` in its own session; afterwards kill whatever it left in that session."""
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -56,7 +52,17 @@ def test_ray_simulation_every_site_every_round(tmp_path, sites):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert proc.returncode == 0, output[-4000:]
+    return proc.returncode, output
+
+
+def test_ray_simulation_every_site_every_round(tmp_path, sites):
+    write_synthetic_store(tmp_path / "store", sites, ["medclip"], 0.05, 0, show_progress=False)
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    cmd = _isolated([sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "out")])
+    env = os.environ | {"FLWR_LOG_LEVEL": "WARNING", "RAY_DEDUP_LOGS": "0"}
+    returncode, output = _run_session(cmd, env)
+    assert returncode == 0, output[-4000:]
     h = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
     f1 = h[(h.metric == "f1") & (h["class"] == "macro") & (h.site != "all")]
     labelled = {s.name for s in sites if s.has_label("density")}
@@ -88,16 +94,8 @@ def test_flwr_run_local_simulation(tmp_path, sites):
     env = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     env.pop("FLWR_LOG_LEVEL", None)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        output, _ = proc.communicate(timeout=600)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == 0, output[-4000:]
+    returncode, output = _run_session(cmd, env)
+    assert returncode == 0, output[-4000:]
     h = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
     f1 = h[(h.metric == "f1") & (h["class"] == "macro") & (h.site != "all")]
     assert sorted(f1["round"].unique()) == [1, 2]
