@@ -19,9 +19,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.evaluation import site_counts
+from client.extract import node_store
 from client.feature_store import read_entry
 from client.local import SiteTask, site_task
 from client.payload import encode_counts
+from client.privacy import clip_if_requested
 from client.schema import SENSITIVE_SIZES, task_classes
 from sim.config import build
 from strategies.base import Method, TaskSpec, get_method, weighted_cross_entropy
@@ -47,6 +49,7 @@ def _local(store: str, fm: str, site: str, task: str, domain: int) -> SiteTask |
 
 def _data(context: Context, cfg: ConfigRecord) -> tuple[str, SiteTask | None]:
     site, store = node_site(context, cfg)
+    store = node_store(context.node_config, store, str(cfg["fm"]), site)  # prepared folder: extract once
     return site, _local(store, str(cfg["fm"]), site, str(cfg["task"]), int(cfg.get("domain", 0)))
 
 
@@ -104,7 +107,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": ConfigRecord(info)}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[clip_if_requested])
 def train(msg: Message, context: Context) -> Message:
     """Run the method's local update for the configured epochs from the global model."""
     cfg, site, data, model = _received(msg, context)

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from client.app import build_model
 from client.atomic import atomic_dir, write_parquet
+from server.privacy import privatize
 from strategies.base import get_method
 from strategies.core import class_weights
 from strategies.federated import FederatedSettings, FederationPlan, FedMammoStrategy  # noqa: F401 - re-export
@@ -44,7 +45,7 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
 
 def discover(grid: Grid, s: FederatedSettings) -> dict[int, ConfigRecord]:
     """Ask every node for its site and label counts; ``{node_id: info}``."""
-    nodes = wait_for_nodes(grid, len(s.sites), s.timeout)
+    nodes = wait_for_nodes(grid, s.min_nodes or len(s.sites), s.timeout)
     cfg = ConfigRecord({"sites": ",".join(s.sites), "store": s.store, "fm": s.fm, "task": s.task})
     msgs = [Message(RecordDict({"config": cfg}), dst_node_id=n, message_type=MessageType.QUERY,
                     group_id="discover") for n in nodes]
@@ -145,7 +146,8 @@ def run_server(grid: Grid, s: FederatedSettings) -> pd.DataFrame:
         plan.round_offset = done
     strategy.current_arrays = arrays
     if s.num_rounds > done:
-        strategy.start(grid=grid, initial_arrays=arrays, num_rounds=s.num_rounds - done, timeout=s.timeout)
+        privatize(strategy, s).start(grid=grid, initial_arrays=arrays, num_rounds=s.num_rounds - done,
+                                     timeout=s.timeout)
     history = pd.concat(strategy.history, ignore_index=True)
     write_parquet(out / "metrics.parquet", history)
     final = strategy.current_arrays
@@ -164,7 +166,10 @@ def settings_from_run_config(context: Context) -> FederatedSettings:
         local_steps=int(rc.get("local-steps", 0)),
         batch_size=int(rc.get("batch-size", 32)), lr=float(rc.get("lr", 1e-3)),
         seed=int(rc.get("seed", 0)), fraction_train=float(rc.get("fraction-train", 1.0)),
-        fault_rate=float(rc.get("fault-rate", 0.0)), resume=bool(rc.get("resume", False)))
+        fault_rate=float(rc.get("fault-rate", 0.0)), resume=bool(rc.get("resume", False)),
+        timeout=float(rc.get("node-timeout", 600.0)), min_nodes=int(rc.get("min-nodes", 0)),
+        dp_noise=float(rc.get("dp-noise", 0.0)), dp_clip=float(rc.get("dp-clip", 1.0)),
+        dp_delta=float(rc.get("dp-delta", 1e-5)))
 
 
 def build_server_app(settings: FederatedSettings | None = None) -> ServerApp:

@@ -55,6 +55,12 @@ class FederatedSettings:
     resume: bool = False
     timeout: float = 600.0
     method_overrides: dict[str, object] = field(default_factory=dict)
+    #: Central DP (server/privacy.py): noise multiplier (0 = off), update clip norm, δ for ε.
+    dp_noise: float = 0.0
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
+    #: Nodes to wait for before starting (0 = one per site), within ``timeout`` seconds.
+    min_nodes: int = 0
 
 
 @dataclass
