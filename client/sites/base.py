@@ -259,3 +259,30 @@ def read_dicom_header(path: Path) -> Any | None:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError):
         return None
+
+
+def require_metadata(root: Path, names: tuple[str, ...], what: str, *, depth: int = 1) -> Path:
+    """Like :func:`find_metadata`, but a missing file is an :class:`AdapterError` naming it.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        Release root.
+    names : tuple of str
+        Accepted file names, in order of preference.
+    what : str
+        What the file is, for the message (e.g. ``"RSNA metadata"``).
+    depth : int
+        How many folder levels below ``root`` to search.
+
+    Returns
+    -------
+    pathlib.Path
+        The file found.
+    """
+    found = find_metadata(root, names, depth=depth)
+    if found is None:
+        raise AdapterError(
+            f"{root}: expected {' or '.join(names)} ({what}) in it or up to {depth} folder(s) below"
+        )
+    return found

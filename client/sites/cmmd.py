@@ -16,16 +16,15 @@ import pandas as pd
 from client.sites.base import (
     ADAPTER_COLUMNS,
     VIEWS,
-    AdapterError,
     AdapterResult,
     MappingReport,
     SiteAdapter,
-    find_metadata,
     finish,
     map_values,
     read_dicom_header,
     register_adapter,
     require_columns,
+    require_metadata,
 )
 
 CLINICAL = "CMMD_clinicaldata_revision.xlsx"
@@ -98,9 +97,7 @@ class CMMDAdapter(SiteAdapter):
     def read(self, root: Path) -> AdapterResult:
         """Map the clinical sheet under ``root`` (or one level below) and every DICOM below ``root``."""
         root = Path(root).resolve()
-        source = find_metadata(root, (CLINICAL,))
-        if source is None:
-            raise AdapterError(f"{root}: expected {CLINICAL} in it or one level below")
+        source = require_metadata(root, (CLINICAL,), "CMMD clinical data")
         report = MappingReport(site=self.name)
         clinical = read_clinical(source, report)
         report.notes += ["density missing: CMMD ships no density", "no healthy scans in this release"]

@@ -16,16 +16,15 @@ import pandas as pd
 from client.sites.base import (
     LATERALITIES,
     VIEWS,
-    AdapterError,
     AdapterResult,
     MappingReport,
     SiteAdapter,
-    find_metadata,
     finish,
     map_at_lines,
     read_delimited,
     register_adapter,
     require_columns,
+    require_metadata,
 )
 
 COLUMNS: tuple[str, ...] = ("Patient age", "Laterality", "View", "File Name", "ACR")
@@ -55,9 +54,7 @@ def _age(value: object) -> float:
 
 def read_metadata(root: Path) -> tuple[pd.DataFrame, list[int], Path]:
     """Read ``INbreast.csv``, else ``INbreast.xls``; return rows as text, their lines, the file."""
-    source = find_metadata(root, ("INbreast.csv", "INbreast.xls"))
-    if source is None:
-        raise AdapterError(f"{root}: expected INbreast.csv or INbreast.xls in it or one level below")
+    source = require_metadata(root, ("INbreast.csv", "INbreast.xls"), "INbreast metadata")
     if source.suffix == ".csv":
         frame, lines = read_delimited(source, delimiter=";")
     else:

@@ -19,10 +19,10 @@ from client.sites.base import (
     AdapterResult,
     MappingReport,
     SiteAdapter,
-    find_metadata,
     finish,
     map_at_lines,
     register_adapter,
+    require_metadata,
 )
 
 HEADER: tuple[str, ...] = ("REFNUM", "BG", "CLASS", "SEVERITY", "X", "Y", "RADIUS")
@@ -83,9 +83,7 @@ class MIASAdapter(SiteAdapter):
     def read(self, root: Path) -> AdapterResult:
         """Map ``Info.txt`` under ``root`` (or one level below) and find each ``mdbNNN.pgm``."""
         root = Path(root).resolve()
-        source = find_metadata(root, ("Info.txt",))
-        if source is None:
-            raise AdapterError(f"{root}: expected Info.txt (mini-MIAS metadata) in it or one level below")
+        source = require_metadata(root, ("Info.txt",), "mini-MIAS metadata")
         frame, lines = read_info(source)
         report = MappingReport(site=self.name, rows_read=len(frame))
         report.notes += [

@@ -14,7 +14,6 @@ import pandas as pd
 
 from client.sites.base import (
     VIEWS,
-    AdapterError,
     AdapterResult,
     MappingReport,
     SiteAdapter,
@@ -24,6 +23,7 @@ from client.sites.base import (
     read_delimited,
     register_adapter,
     require_columns,
+    require_metadata,
 )
 
 COLUMNS: tuple[str, ...] = (
@@ -60,9 +60,7 @@ class RSNAAdapter(SiteAdapter):
     def read(self, root: Path) -> AdapterResult:
         """Map ``train.csv`` under ``root`` (or one level below) and locate each DICOM."""
         root = Path(root).resolve()
-        source = find_metadata(root, ("train.csv",))
-        if source is None:
-            raise AdapterError(f"{root}: expected train.csv (RSNA metadata) in it or one level below")
+        source = require_metadata(root, ("train.csv",), "RSNA metadata")
         report = MappingReport(site=self.name)
         if find_metadata(root, ("test.csv",)) is not None:
             report.notes.append("test.csv ignored: it has no cancer/biopsy labels")

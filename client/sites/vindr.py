@@ -16,17 +16,16 @@ import numpy as np
 import pandas as pd
 
 from client.sites.base import (
-    AdapterError,
     AdapterResult,
     MappingReport,
     SiteAdapter,
-    find_metadata,
     finish,
     map_at_lines,
     read_delimited,
     read_dicom_header,
     register_adapter,
     require_columns,
+    require_metadata,
 )
 from client.sites.tables import keep_cc_mlo, keep_existing_images, parse_age
 
@@ -96,9 +95,7 @@ class VinDrMammoAdapter(SiteAdapter):
 
     def read(self, root: Path) -> AdapterResult:
         """Map ``breast-level_annotations.csv`` (and ages) to the manifest."""
-        path = find_metadata(Path(root), (ANNOTATIONS,), depth=2)
-        if path is None:
-            raise AdapterError(f"{root}: no {ANNOTATIONS} in it or two folders below (the PhysioNet layout)")
+        path = require_metadata(Path(root), (ANNOTATIONS,), "VinDr-Mammo, PhysioNet layout", depth=2)
         frame, lines = read_delimited(path)
         require_columns(frame, COLUMNS, path)
         report = MappingReport(site=self.name, rows_read=len(frame))
