@@ -27,16 +27,19 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 SITES = ("CBIS-DDSM", "INbreast", "RSNA")
 
-SCRIPT = """
+# Start a rehearsal federation; stop everything it launched on exit, also on failure,
+# keeping the pid list for the test.
+PROLOGUE = """
 set -u
 ip link set lo up
 export PATH="{bin}:$PATH"
 cd "{root}"
 fed="{fed}"
-# Stop everything start launched, also on failure; keep the pid list for the test.
 trap 'cp "$fed/pids" "$fed/pids.started"; configs/deploy/rehearse.sh stop "$fed"' EXIT
 configs/deploy/rehearse.sh start "$fed" "{store}" {sites} || exit 10
-t0=$(date +%s)
+"""
+
+SCRIPT = PROLOGUE + """t0=$(date +%s)
 FLWR_HOME="$fed/flwr-home" flwr run . rehearsal --stream --run-config \\
   "store='{store}' fm='medclip' method='groupdro' sites='{site_list}' out='{out}' \\
    num-server-rounds=2 local-steps=5" || exit 11
@@ -117,15 +120,7 @@ def test_tls_auth_federation_of_three_hospitals(tmp_path, sites):
     assert len(started) == 1 + len(SITES) and not left, f"still running: {left}"
 
 
-DROP_SCRIPT = """
-set -u
-ip link set lo up
-export PATH="{bin}:$PATH"
-cd "{root}"
-fed="{fed}"
-trap 'cp "$fed/pids" "$fed/pids.started"; configs/deploy/rehearse.sh stop "$fed"' EXIT
-configs/deploy/rehearse.sh start "$fed" "{store}" {sites} || exit 10
-FLWR_HOME="$fed/flwr-home" flwr run . rehearsal --stream --run-config \\
+DROP_SCRIPT = PROLOGUE + """FLWR_HOME="$fed/flwr-home" flwr run . rehearsal --stream --run-config \\
   "store='{store}' fm='medclip' method='groupdro' sites='{site_list}' out='{out}' \\
    num-server-rounds=4 local-steps=5 node-timeout=120.0" > "$fed/run.log" 2>&1 &
 run=$!
