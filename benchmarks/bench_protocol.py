@@ -9,11 +9,13 @@ batch 32) on the same data. The ratio says how many "plain fits" the protocol co
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import emit
 
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fm", default="mammoclip")
     parser.add_argument("--task", default="density")
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -42,17 +45,33 @@ def main(argv: list[str] | None = None) -> dict:
     exp = Experiment(name="bench", study=StudyConfig(fms=(args.fm,), tasks=(args.task,)),
                      protocol=ProtocolConfig())
     config = exp.method_config("unified")
-    t0 = time.perf_counter()
-    fit("unified", data, 4 if args.task == "density" else 3, len(tasks), config, do_search=False)
-    baseline = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    result = fit("unified", data, 4 if args.task == "density" else 3, len(tasks), config, do_search=True)
-    protocol = time.perf_counter() - t0
+    n_classes = 4 if args.task == "density" else 3
+    base, full, result = [], [], None
+    # The first optimiser of a process imports torch's compiler stack: keep it out of the timings.
+    fit("unified", data.take(np.arange(64)), n_classes, len(tasks), config, do_search=False)
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        fit("unified", data, n_classes, len(tasks), config, do_search=False)
+        base.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        result = fit("unified", data, n_classes, len(tasks), config, do_search=True)
+        full.append(time.perf_counter() - t0)
     out = {"bench": "protocol", "fm": args.fm, "task": args.task, "scale": args.scale,
-           "n_train": len(data), "baseline_single_fit_s": round(baseline, 2),
-           "full_protocol_s": round(protocol, 2), "ratio": round(protocol / baseline, 1),
+           "n_train": len(data), "repeats": args.repeats,
+           "baseline_single_fit_s": round(statistics.median(base), 2),
+           "full_protocol_s": round(statistics.median(full), 2),
+           "ratio": round(statistics.median(f / b for f, b in zip(full, base, strict=True)), 1),
            "chosen": {"batch_size": result.hparams.batch_size, "lr": result.hparams.lr},
            "torch_threads": torch.get_num_threads()}
+    out["markdown"] = (
+        f"## Paper protocol, Unified, one FM × task (`bench_protocol.py`)\n\n{args.fm} profile, "
+        f"{args.task}, scale {args.scale:g}, {len(data):,} training scans; the paper's search plus the "
+        "50-epoch retrain, on the default (lockstep) path. Baseline, in the same run: one 50-epoch fit at "
+        f"fixed hyperparameters (batch 32). Medians of {args.repeats}.\n\n"
+        "| what | seconds | ratio |\n|---|---|---|\n"
+        f"| baseline: one 50-epoch fit (batch 32) | {out['baseline_single_fit_s']:.1f} | 1.0 |\n"
+        f"| full protocol (27 CV runs + retrain) | {out['full_protocol_s']:.1f} | {out['ratio']:.1f} |\n\n"
+        f"The search chose batch {result.hparams.batch_size}, lr {result.hparams.lr:g}.\n")
     return emit(out, args.json)
 
 

@@ -41,7 +41,8 @@ def node_site(context: Context, config: ConfigRecord) -> tuple[str, str]:
     return sites[int(nc["partition-id"])], str(config["store"])
 
 
-@lru_cache(maxsize=8)
+# One entry per (site, task) a process serves: in-process simulations hold every site.
+@lru_cache(maxsize=4096)
 def _local(store: str, fm: str, site: str, task: str, domain: int) -> SiteTask | None:
     """The site's rows for a task, loaded once per process (the store is read-only)."""
     return site_task(read_entry(store, fm, site), task, domain)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from dataclasses import replace
@@ -17,6 +18,7 @@ from rich.markdown import Markdown
 from client.atomic import write_parquet, write_text
 from client.feature_store import FeatureStoreError
 from server.compare import compare, comparison_markdown
+from sim import prepare_cli
 from sim.config import ConfigError
 from sim.experiment import Experiment, load_experiment
 from sim.runner import run_pooled_experiment, write_synthetic_store
@@ -50,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     sim_.add_argument("--engine", choices=["inprocess", "ray"], help="override [federated] engine")
     sim_.add_argument("--rounds", type=int, help="override [federated] rounds")
     sim_.add_argument("--resume", action="store_true", help="continue runs from their checkpoints")
+    sim_.add_argument("--ray-address", help="existing Ray cluster to attach to (HOST:PORT; implies ray)")
     cmp_ = sub.add_parser("compare", help="federated vs pooled, per method × FM × task")
     cmp_.add_argument("--pooled", required=True, type=Path)
     cmp_.add_argument("--federated", required=True, type=Path)
@@ -57,8 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="report.md with figures and CSV tables from a results folder")
     report.add_argument("results", type=Path, help="demo-style folder (pooled/, federated/) or a run folder")
     report.add_argument("--out", type=Path, help="report folder (default RESULTS/report)")
+    prepare_cli.add_parser(sub)
     demo = sub.add_parser("demo", help="quick experiment pooled and federated, compare, report")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
+    ext = sub.add_parser("extract", help="extract a prepared site's FM features into a store (resumable)")
+    ext.add_argument("--manifest", required=True, type=Path, help="SITE_DIR/manifest.parquet (from prepare)")
+    ext.add_argument("--fm", required=True, help="mammoclip|medclip|gloria|clip|dinov2, or a name + --arch")
+    ext.add_argument("--weights", required=True, type=Path, help="the FM's checkpoint file or HF folder")
+    ext.add_argument("--out", required=True, type=Path, help="store root (entry in OUT/<fm>/<site>)")
+    ext.add_argument("--batch-size", type=int, default=8)
+    ext.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ext.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    ext.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    ext.add_argument("--tiny", action="store_true", help="test-size architecture (tests and demos only)")
+    ext.add_argument("--arch", help="'hf' or 'open_clip:<model>' for an FM that is not built in")
     return parser
 
 
@@ -75,6 +90,9 @@ def _experiment(args: argparse.Namespace) -> Experiment:
 
 def _simulate(args: argparse.Namespace, quiet: bool) -> None:
     start = time.perf_counter()
+    if getattr(args, "ray_address", None):
+        os.environ["RAY_ADDRESS"] = args.ray_address  # `run_ray` hands it to ray.init via Flower
+        args.engine = "ray"
     history = run_federated_experiment(_experiment(args), args.out, args.engine, args.resume,
                                        show_progress=not quiet)
     console.print(Markdown((args.out / "table3.md").read_text()))
@@ -142,8 +160,17 @@ def main(argv: list[str] | None = None) -> int:
             console.print(Markdown(_compare(args.pooled, args.federated, args.out)))
         elif args.command == "report":
             _report(args.results, args.out)
+        elif args.command == "prepare":
+            prepare_cli.run(args, console, args.quiet)
         elif args.command == "demo":
             _demo(args, args.quiet)
+        elif args.command == "extract":
+            from client.extract import extract_site  # torch models load only when extracting
+
+            entry = extract_site(args.manifest, args.fm, args.weights, args.out, batch_size=args.batch_size,
+                                 device=args.device, bf16=args.bf16, channels_last=args.channels_last,
+                                 tiny=args.tiny, arch=args.arch, show_progress=not args.quiet)
+            console.print(f"wrote {entry}")
     except (ConfigError, FeatureStoreError, FileNotFoundError, KeyError, ValueError) as err:
         console.print(f"[bold red]error:[/] {err.args[0] if err.args else err}")
         return 2

@@ -113,14 +113,29 @@ def run_inprocess(settings: FederatedSettings) -> pd.DataFrame:
     return run_server(grid, settings)
 
 
-def run_ray(settings: FederatedSettings, num_cpus: int = 1) -> pd.DataFrame:
-    """Run one federation through Flower's Ray simulation engine; returns its history."""
+def run_ray(settings: FederatedSettings, num_cpus: int = 1, address: str | None = None) -> pd.DataFrame:
+    """Run one federation through Flower's Ray simulation engine; returns its history.
+
+    Parameters
+    ----------
+    settings : FederatedSettings
+        The run.
+    num_cpus : int
+        CPUs each client actor reserves.
+    address : str, optional
+        Attach to this existing Ray cluster (``HOST:PORT`` of its head, or ``auto``)
+        instead of starting a local one; defaults to ``$RAY_ADDRESS`` when set.
+        Flower passes it on to ``ray.init``; clients then run on every node.
+    """
     from flwr.simulation import run_simulation
 
     os.environ.update(QUIET_ENV)
-    backend = {"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
-               "init_args": {"logging_level": "ERROR", "log_to_driver": False,
-                             "include_dashboard": False}}
+    init_args: dict[str, object] = {"logging_level": "ERROR", "log_to_driver": False,
+                                    "include_dashboard": False}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        init_args["address"] = address
+    backend = {"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0}, "init_args": init_args}
     run_simulation(server_app=build_server_app(settings), client_app=client_app,
                    num_supernodes=len(settings.sites), backend_config=backend)
     path = f"{settings.out}/metrics.parquet"

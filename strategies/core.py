@@ -223,7 +223,7 @@ def cv_folds(data: ArrayData, folds: int, seed: int) -> list[tuple[np.ndarray, n
 
 def search(
     method: str, data: ArrayData, n_classes: int, n_domains: int, config: MethodConfig,
-    folds: int = 3, seed: int = 0,
+    folds: int = 3, seed: int = 0, lockstep: bool | None = None,
 ) -> tuple[HParams, pd.DataFrame]:
     """The paper's grid search: every (batch size, lr) by k-fold CV, best mean accuracy.
 
@@ -241,6 +241,9 @@ def search(
         CV folds (3 in the paper).
     seed : int
         Seeds folds and training.
+    lockstep : bool, optional
+        Train the grid in lockstep (`strategies.lockstep`); by default when the method
+        declares it can. ``False`` forces one training run per candidate and fold.
 
     Returns
     -------
@@ -248,14 +251,13 @@ def search(
         The chosen `HParams` (with ``config.epochs`` for the retrain) and a table with
         one row per candidate and fold (batch_size, lr, fold, accuracy).
     """
-    rows = []
     splits = cv_folds(data, folds, seed)
-    for (bs, lr), (f, (tr, va)) in product(product(config.batch_sizes, config.lrs), enumerate(splits)):
-        part = data.take(tr)
-        model = train(method, part, make_spec(part, n_classes, n_domains, config.sensitive), config,
-                      HParams(bs, lr, config.search_epochs), seed + f)
-        acc = float((predict(model, data.x[va]) == data.y[va]).mean())
-        rows.append({"batch_size": bs, "lr": lr, "fold": f, "accuracy": acc})
+    if _use_lockstep(method, lockstep):
+        from strategies.lockstep import cv_rows  # it builds on this module
+
+        rows = cv_rows(method, data, n_classes, n_domains, config, splits, seed)
+    else:
+        rows = _cv_rows_per_config(method, data, n_classes, n_domains, config, splits, seed)
     cv = pd.DataFrame(rows, columns=["batch_size", "lr", "fold", "accuracy"])
     if cv.empty:
         return HParams(config.batch_size, config.lr, config.epochs), cv
@@ -267,7 +269,7 @@ def search(
 
 def fit(
     method: str, data: ArrayData, n_classes: int, n_domains: int, config: MethodConfig | None = None,
-    *, do_search: bool = True, folds: int = 3, seed: int = 0,
+    *, do_search: bool = True, folds: int = 3, seed: int = 0, lockstep: bool | None = None,
 ) -> FitResult:
     """Search (when asked and the method allows it), then retrain on all of ``data``.
 
@@ -287,6 +289,8 @@ def fit(
         CV folds.
     seed : int
         Seed of the whole fit.
+    lockstep : bool, optional
+        Use the lockstep trainer for search and retrain (default: when the method can).
 
     Returns
     -------
@@ -296,9 +300,37 @@ def fit(
     config = config or get_method(method).config_cls()
     hp, cv = HParams(config.batch_size, config.lr, config.epochs), pd.DataFrame()
     if do_search and config.searchable:
-        hp, cv = search(method, data, n_classes, n_domains, config, folds, seed)
-    model = train(method, data, make_spec(data, n_classes, n_domains, config.sensitive), config, hp, seed)
-    return FitResult(model, hp, cv)
+        hp, cv = search(method, data, n_classes, n_domains, config, folds, seed, lockstep)
+    spec = make_spec(data, n_classes, n_domains, config.sensitive)
+    if _use_lockstep(method, lockstep):
+        from strategies.lockstep import train_model
+
+        return FitResult(train_model(method, data, spec, config, hp, seed), hp, cv)
+    return FitResult(train(method, data, spec, config, hp, seed), hp, cv)
+
+
+def _cv_rows_per_config(
+    method: str, data: ArrayData, n_classes: int, n_domains: int, config: MethodConfig,
+    splits: list[tuple[np.ndarray, np.ndarray]], seed: int,
+) -> list[dict[str, float]]:
+    """The CV table with one training run per candidate and fold (fold ``f`` seeded ``seed + f``)."""
+    rows = []
+    for (bs, lr), (f, (tr, va)) in product(product(config.batch_sizes, config.lrs), enumerate(splits)):
+        part = data.take(tr)
+        model = train(method, part, make_spec(part, n_classes, n_domains, config.sensitive), config,
+                      HParams(bs, lr, config.search_epochs), seed + f)
+        acc = float((predict(model, data.x[va]) == data.y[va]).mean())
+        rows.append({"batch_size": bs, "lr": lr, "fold": f, "accuracy": acc})
+    return rows
+
+
+def _use_lockstep(method: str, requested: bool | None) -> bool:
+    """Whether to train ``method`` in lockstep: as requested, else if its class declares it."""
+    if requested is not None:
+        return requested
+    from strategies.lockstep import supports_lockstep
+
+    return supports_lockstep(get_method(method))
 
 
 def with_overrides(config: MethodConfig, **changes: object) -> MethodConfig:

@@ -297,6 +297,8 @@ class GroupDRO(Method):
     label: ClassVar[str] = "GroupDRO"
     config_cls: ClassVar[type[MethodConfig]] = GroupDROConfig
     strategy_cls: ClassVar[type[FedMammoStrategy]] = GroupDROStrategy
+    #: Pooled grids train in lockstep on the robust objective (`strategies.lockstep_dro`).
+    lockstep: ClassVar[str] = "groupdro"
 
     def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
         super().__init__(spec, config)

@@ -27,6 +27,8 @@ class Unified(Method):
 
     label = "Unified"
     config_cls = UnifiedConfig
+    #: The plain probe: grids train in lockstep (`strategies.lockstep`).
+    lockstep = True
 
     def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
         super().__init__(spec, config)

@@ -1,0 +1,177 @@
+"""The paper's pooled grid: lockstep search + retrain against a DataLoader baseline.
+
+One FM × task at Table-2 scale (synthetic store). Baseline, measured in the same run:
+`baseline_grid.protocol` — one DataLoader loop per (batch size, lr, fold), then the
+retrain. Also measured in the same run: the step floor (sequential optimizer steps ×
+one lean fused update), the fp32 GEMM rate (for FLOP bounds) and every paper.toml
+method's update time, from which the whole grid's wall time is estimated.
+
+    python benchmarks/bench_grid.py [--fm mammoclip] [--task density] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tomllib
+import torch
+from baseline_grid import protocol
+from common import emit
+from grid_model import (
+    gemm_gflops,
+    lean_step_seconds,
+    linear_macs,
+    protocol_phases,
+    samples_seen,
+    update_seconds,
+)
+from grid_report import grid_markdown
+from sklearn.metrics import f1_score
+
+from client.feature_store import read_entry
+from client.local import site_task
+from client.schema import task_classes
+from sim.runner import write_synthetic_store
+from sim.sites import load_sites
+from strategies import lockstep as ls
+from strategies.base import get_method
+from strategies.core import concat, cv_folds, fit, predict
+
+PAPER = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "paper.toml"
+DIMS = {"mammoclip": 2048, "medclip": 512, "gloria": 2048, "clip": 512, "dinov2": 384}
+
+
+def load(store: str, fm: str, task: str) -> tuple:
+    """Training rows, test rows, domains and per-site training sizes of one FM × task."""
+    entries = [read_entry(store, fm, s.name) for s in load_sites()]
+    labelled = [e for e in entries if site_task(e, task, 0) is not None]
+    tasks = [site_task(e, task, d) for d, e in enumerate(labelled)]  # domains 0..n-1, as sim.pooled
+    test_x = np.concatenate([t.test_x for t in tasks])
+    test_y = np.concatenate([t.test_y for t in tasks])
+    return concat([t.train for t in tasks]), test_x, test_y, len(tasks), [len(t.train) for t in tasks]
+
+
+def timed(fn: object, repeats: int) -> tuple[float, object]:
+    """Median seconds of ``repeats`` calls of ``fn`` and its last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def step_floor(config: object, fold_sizes: list[int], n: int, bs_retrain: int, dim: int, c: int,
+               lean: dict) -> tuple[int, float]:
+    """Sequential steps of the lockstep protocol and their floor in seconds."""
+    phases = protocol_phases(config, fold_sizes, n, bs_retrain)
+    for bs, _, _ in phases:
+        lean.setdefault((dim, bs), lean_step_seconds(dim, c, bs))
+    return sum(s for _, _, s in phases), sum(s * lean[(dim, bs)] for bs, _, s in phases)
+
+
+def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: float, lean: dict,
+                measured: dict[str, float], folds: list[int], upd: dict) -> list[dict]:
+    """Per method: protocol time (measured for lockstep methods, else steps × update time) vs bound."""
+    rows = []
+    for name in methods:
+        cls = get_method(name)
+        config = cls.config_cls()
+        steps, floor_s = step_floor(config, folds, len(data), 16, dim, c, lean)
+        flop_s = 6 * linear_macs(name, dim, c) * samples_seen(config, folds, len(data)) / (gflops * 1e9)
+        if ls.supports_lockstep(cls):
+            est, path = measured.get(name, 0.0), "lockstep (measured)"
+        else:
+            phases = protocol_phases(config, folds, len(data), 16)
+            for bs, _, _ in phases:
+                upd.setdefault((name, dim, bs), update_seconds(name, dim, c, bs))
+            est = sum(r * s * upd[(name, dim, bs)] for bs, r, s in phases)
+            path = "per-config (estimated)"
+        rows.append({"method": name, "steps": steps, "seconds": est, "flop_s": flop_s, "floor_s": floor_s,
+                     "ratio_to_bound": est / max(flop_s, floor_s), "path": path})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns the results with a ``markdown`` section."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fm", default="mammoclip")
+    parser.add_argument("--task", default="density")
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline-repeats", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    paper = tomllib.loads(PAPER.read_text())
+    c = len(task_classes(args.task))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic_store(tmp, load_sites(), [args.fm], args.scale, 0, show_progress=False)
+        data, test_x, test_y, n_dom, site_sizes = load(tmp, args.fm, args.task)
+    config = get_method("unified").config_cls()
+    folds = [len(tr) for tr, _ in cv_folds(data, 3, 0)]
+    gflops = gemm_gflops()
+    # The first optimiser of a process imports torch's compiler stack: keep it out of the timings.
+    fit("unified", data.take(np.arange(64)), c, n_dom, config, do_search=False)
+    ours_s, ours = timed(lambda: fit("unified", data, c, n_dom, config), args.repeats)
+    base_s, (best, _, base_model) = timed(
+        lambda: protocol(data, c, config.batch_sizes, config.lrs, config.search_epochs, config.epochs),
+        args.baseline_repeats)
+    with torch.inference_mode():
+        base_pred = base_model(torch.from_numpy(test_x)).argmax(1).numpy()
+    lean: dict = {}
+    steps, floor_s = step_floor(config, folds, len(data), ours.hparams.batch_size, data.x.shape[1], c, lean)
+    flop_s = 6 * (data.x.shape[1] * c) * samples_seen(config, folds, len(data)) / (gflops * 1e9)
+    upd: dict = {}
+    measured = {"unified": ours_s} | {
+        m: timed(lambda m=m: fit(m, data, c, n_dom, get_method(m).config_cls()), 1)[0]
+        for m in paper["study"]["methods"] if m != "unified" and ls.supports_lockstep(get_method(m))}
+    methods = method_rows(paper["study"]["methods"], data, c, data.x.shape[1], gflops, lean, measured, folds,
+                          upd)
+    out = {"bench": "grid", "fm": args.fm, "task": args.task, "n_train": len(data), "gemm_gflops": gflops,
+           "baseline_s": base_s, "lockstep_s": ours_s, "speedup": base_s / ours_s,
+           "sequential_steps": steps, "step_floor_s": floor_s, "ratio_to_floor": ours_s / floor_s,
+           "flop_s": flop_s, "baseline_choice": list(best),
+           "lockstep_choice": [ours.hparams.batch_size, ours.hparams.lr],
+           "baseline_f1": f1_score(test_y, base_pred, average="macro"),
+           "lockstep_f1": f1_score(test_y, predict(ours.model, test_x), average="macro"),
+           "methods": methods, "repeats": args.repeats, "baseline_repeats": args.baseline_repeats}
+    k = {r["method"]: r["seconds"] / r["floor_s"] for r in methods if r["path"].startswith("lockstep")}
+    out["grid"] = grid_estimate(paper, site_sizes, len(data), c, k, lean, upd)
+    out["markdown"] = grid_markdown(out)
+    return emit(out, args.json)
+
+
+def grid_estimate(paper: dict, site_sizes: list[int], n: int, c: int, k: dict[str, float], lean: dict,
+                  upd: dict) -> dict:
+    """Estimated minutes of the whole paper.toml grid (5 FMs × 2 tasks × all rows).
+
+    Lockstep rows: their step floor × the ratio to the floor measured here (``k``);
+    other methods: their per-config steps × update times measured at each FM's width.
+    Both tasks are assumed to have this task's row counts (they differ by a few %).
+    """
+    total = {"lockstep": 0.0, "per-config": 0.0}
+    for fm in paper["study"]["fms"]:
+        dim = DIMS[fm]
+        folds = [2 * n // 3] * 3
+        rows = method_rows(paper["study"]["methods"], np.zeros(n), c, dim, 1e18, lean, {}, folds, upd)
+        for r in rows:
+            if r["path"].startswith("lockstep"):
+                total["lockstep"] += r["floor_s"] * k[r["method"]] * len(paper["study"]["tasks"])
+            else:
+                total["per-config"] += r["seconds"] * len(paper["study"]["tasks"])
+        config = get_method("unified").config_cls()
+        for size in site_sizes if paper["study"].get("individual") else []:
+            _, floor = step_floor(config, [2 * size // 3] * 3, size, 16, dim, c, lean)
+            total["lockstep"] += floor * k["unified"] * len(paper["study"]["tasks"])
+    return {k_: v / 60 for k_, v in total.items()} | {"total_min": sum(total.values()) / 60}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,98 @@
+"""Measurements and counts behind `bench_grid.py`: GEMM rate, step floors, FLOPs per method."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from strategies import lockstep as ls
+from strategies.base import REGISTRY, Batch, MethodConfig, TaskSpec
+
+
+def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 GEMM throughput (GFLOP/s) of an ``n``-square product, median of ``repeats``."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def lean_step_seconds(dim: int, n_classes: int, bs: int, steps: int = 600, n: int = 16384) -> float:
+    """Seconds of one lean fused update: a single probe run on `strategies.lockstep`'s step.
+
+    Batches are drawn from ``n`` rows (Table-2 scale), so each step fetches its rows from
+    memory as a real run does rather than from cache.
+    """
+    rng = np.random.default_rng(0)
+    x = ls.augment(rng.standard_normal((n, dim), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, n_classes, n))
+    rows = np.random.default_rng(1).choice(n, bs * steps, replace=bs * steps > n)
+    group = ls.RunGroup([rows], torch.ones(1, n_classes), torch.zeros(1, n_classes, dim + 1),
+                        [0], (1e-3,), bs, 1)
+    warm = ls.RunGroup([np.arange(bs * 20)], group.class_weights, group.init, [0], (1e-3,), bs, 1)
+    ls.train_group(x, y, warm, MethodConfig())
+    t0 = time.perf_counter()
+    ls.train_group(x, y, group, MethodConfig())
+    return (time.perf_counter() - t0) / steps
+
+
+def update_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 150) -> float:
+    """Seconds per ``update`` of method ``name`` on the per-config path (after a warm-up)."""
+    cls = REGISTRY[name]
+    torch.manual_seed(0)
+    model = cls(TaskSpec(dim, n_classes, 8, (1.0,) * n_classes), cls.config_cls())
+    model.configure_optimizer(1e-3)
+    model.begin_epoch(0.5)
+    rng = np.random.default_rng(0)
+    batches = [Batch(torch.from_numpy(rng.normal(size=(bs, dim)).astype(np.float32)),
+                     torch.from_numpy(rng.integers(0, n_classes, bs)),
+                     torch.from_numpy(rng.integers(0, 8, bs)), torch.from_numpy(rng.integers(0, 8, bs)))
+               for _ in range(8)]
+    for b in batches[:4]:
+        model.update(b)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        model.update(batches[i % len(batches)])
+    return (time.perf_counter() - t0) / steps
+
+
+def linear_macs(name: str, dim: int, n_classes: int) -> int:
+    """Multiply-adds per sample of one forward pass: the method's `nn.Linear` weights."""
+    cls = REGISTRY[name]
+    model = cls(TaskSpec(dim, n_classes, 8, (1.0,) * n_classes), cls.config_cls())
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def protocol_phases(config: MethodConfig, fold_sizes: list[int], n: int,
+                    retrain_bs: int) -> list[tuple[int, int, int]]:
+    """(batch size, runs, sequential steps) of each phase of the protocol for one model.
+
+    The search runs ``len(batch_sizes) × len(lrs) × folds`` probes of ``search_epochs``;
+    the per-config path runs them one after another, lockstep runs each batch size's
+    runs together (the steps of its largest fold). The retrain is one run.
+    """
+    phases = []
+    if config.searchable:
+        for bs in config.batch_sizes:
+            steps = config.search_epochs * max(math.ceil(s / bs) for s in fold_sizes)
+            phases.append((bs, len(config.lrs) * len(fold_sizes), steps))
+        bs = retrain_bs
+    else:
+        bs = config.batch_size
+    phases.append((bs, 1, config.epochs * math.ceil(n / bs)))
+    return phases
+
+
+def samples_seen(config: MethodConfig, fold_sizes: list[int], n: int) -> int:
+    """Training samples processed by the whole protocol (all runs)."""
+    search = sum(fold_sizes) * len(config.lrs) * len(config.batch_sizes) * config.search_epochs
+    return (search if config.searchable else 0) + n * config.epochs

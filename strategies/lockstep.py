@@ -1,0 +1,312 @@
+r"""Lockstep training of linear probes: every run of a grid that shares a batch size at once.
+
+The paper's search trains 27 probes (3 batch sizes × 3 learning rates × 3 folds). On
+frozen features each probe is tiny, so the per-config path (`strategies.core.train`)
+spends its time in Python and optimiser overhead, one step at a time. Here the 9 runs
+that share a batch size advance together: their weights are one stacked tensor, a step
+is one gathered minibatch per fold, two batched matmuls (forward and the analytic
+gradient of the weighted cross-entropy) and one fused Adam update for all runs.
+
+The result is the per-config path's computation, not an approximation of it: the same
+folds, initial weights (drawn as `train` draws them), per-epoch permutations (one
+generator per fold seeded like `train`), last partial batch, loss
+(`weighted_cross_entropy`: per-row class weight over the batch size) and Adam/SGD
+update; only float rounding differs. Runs of the same fold share a batch order, so a
+fold's three learning rates share one gathered minibatch and one matmul.
+
+The learning rate is folded into the parameterisation: the optimiser updates
+:math:`Q = P / \eta` with unit learning rate, which moves :math:`P = \eta Q` by exactly
+Adam's (or SGD's) step at learning rate :math:`\eta`. That lets one fused update serve
+runs with different learning rates.
+
+A method opts in with the class attribute ``lockstep = True`` (set on the class itself,
+not inherited), which promises: the model is ``self.linear`` (an `nn.Linear` over the
+features) trained with `weighted_cross_entropy`, no other parameters or epoch hooks.
+``lockstep = "groupdro"`` promises the same probe trained on GroupDRO's robust
+objective (`strategies.lockstep_dro`; the config's ``eta`` and ``sensitive``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from strategies.base import Method, MethodConfig, TaskSpec, get_method
+from strategies.core import ArrayData, HParams, make_spec
+from strategies.lockstep_dro import DroSpec, DroState, dro_plan, dro_spec
+
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+
+
+def supports_lockstep(cls: type[Method]) -> bool:
+    """Whether method class ``cls`` itself declares ``lockstep = True``."""
+    return bool(vars(cls).get("lockstep", False))
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """Runs that train together: F folds × L learning rates at one batch size.
+
+    Attributes
+    ----------
+    rows : list of numpy.ndarray
+        Per fold, the training rows (indices into the feature matrix).
+    class_weights : Tensor
+        (F, C) class weights of each fold's training rows.
+    init : Tensor
+        (F, C, d + 1) initial ``[weight | bias]`` of each fold (shared by its lrs).
+    seeds : list of int
+        Per fold, the seed of the batch-order generator.
+    lrs : tuple of float
+        The learning rates (L).
+    batch_size, epochs : int
+        Minibatch size and number of epochs.
+    dro : DroSpec, optional
+        Train GroupDRO's robust objective instead of the weighted cross-entropy.
+    """
+
+    rows: list[np.ndarray]
+    class_weights: Tensor
+    init: Tensor
+    seeds: list[int]
+    lrs: tuple[float, ...]
+    batch_size: int
+    epochs: int
+    dro: DroSpec | None = None
+
+
+def augment(x: np.ndarray) -> Tensor:
+    """Features with a trailing column of ones, so the bias is one more weight column."""
+    out = torch.ones((x.shape[0], x.shape[1] + 1), dtype=torch.float32)
+    out[:, :-1] = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return out
+
+
+def linear_weights(model: Method) -> Tensor:
+    """``[weight | bias]`` (C, d + 1) of a lockstep-capable model's probe."""
+    lin = model.linear
+    return torch.cat([lin.weight.detach(), lin.bias.detach()[:, None]], dim=1).clone()
+
+
+def load_linear(model: Method, wb: Tensor) -> None:
+    """Write ``[weight | bias]`` (C, d + 1) into the model's probe."""
+    with torch.no_grad():
+        model.linear.weight.copy_(wb[:, :-1])
+        model.linear.bias.copy_(wb[:, -1])
+
+
+class _Update:
+    """In-place optimiser step on the stacked parameters (unit lr, see module notes)."""
+
+    def __init__(self, q: Tensor, config: MethodConfig) -> None:
+        self.kind = config.optimizer
+        if self.kind not in ("adam", "sgd"):
+            raise ValueError(f"unknown optimizer {config.optimizer!r}; expected 'adam' or 'sgd'")
+        self.q = q
+        self.g = torch.zeros_like(q)
+        self.m, self.v = torch.zeros_like(q), torch.zeros_like(q)
+        f = q.shape[0]
+        # Per-fold views and step counts: a fold whose epoch has fewer batches sits out
+        # the last step, so its Adam step count must lag exactly as in its own run.
+        self.lists = [[t[i] for i in range(f)] for t in (self.q, self.g, self.m, self.v)]
+        self.steps = [torch.zeros((), dtype=torch.float32) for _ in range(f)]
+        self.fused = hasattr(torch, "_fused_adam_")
+
+    def __call__(self, k: int) -> None:
+        """Update the first ``k`` folds (the ones active at this step)."""
+        if self.kind == "sgd":
+            self.q[:k].sub_(self.g[:k])
+            return
+        qs, gs, ms, vs = (lst[:k] for lst in self.lists)
+        steps = self.steps[:k]
+        torch._foreach_add_(steps, 1.0)
+        if self.fused:
+            torch._fused_adam_(qs, gs, ms, vs, [], steps, lr=1.0, beta1=BETAS[0], beta2=BETAS[1],
+                               weight_decay=0.0, eps=EPS, amsgrad=False, maximize=False)
+            return
+        for q, g, m, v, s in zip(qs, gs, ms, vs, steps, strict=True):
+            t = float(s)
+            m.lerp_(g, 1 - BETAS[0])
+            v.mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
+            denom = (v.sqrt() / math.sqrt(1 - BETAS[1] ** t)).add_(EPS)
+            q.addcdiv_(m, denom, value=-1.0 / (1 - BETAS[0] ** t))
+
+
+def _order(group: RunGroup) -> tuple[list[int], list[int]]:
+    """Fold slots sorted by batches per epoch (descending) and those batch counts."""
+    nb = [math.ceil(len(r) / group.batch_size) for r in group.rows]
+    order = sorted(range(len(nb)), key=lambda f: -nb[f])
+    return order, [nb[f] for f in order]
+
+
+def _epoch_plan(
+    group: RunGroup, order: list[int], gens: list[torch.Generator], y: Tensor, nb_max: int,
+) -> dict[str, Tensor]:
+    """One epoch's gathered row indices and per-row loss weights, for every step at once.
+
+    Returns
+    -------
+    dict of str to Tensor
+        ``idx`` (steps, F·B) rows to gather; ``w`` (steps, F, B, 1, 1) each row's class
+        weight over its batch's size (0 for padding); ``yw`` (steps, F, B, 1, C) = ``w``
+        times the one-hot label: the gradient of the loss w.r.t. the logits is
+        ``softmax · w − yw``. For GroupDRO also ``cwy`` (steps, F, B, 1) the class
+        weight alone, ``onehot`` (steps, F, B, 1, C) and ``valid`` (steps, F, B).
+    """
+    b, c = group.batch_size, group.class_weights.shape[1]
+    idx = torch.zeros((len(order), nb_max * b), dtype=torch.int64)
+    cwy, size = torch.zeros((len(order), nb_max * b)), torch.full((len(order), nb_max * b), float(b))
+    for slot, f in enumerate(order):
+        rows = torch.from_numpy(group.rows[f])
+        n = rows.numel()
+        idx[slot, :n] = rows[torch.randperm(n, generator=gens[f])]
+        full = (math.ceil(n / b) - 1) * b
+        size[slot, full:n] = float(n - full)  # the last, partial batch
+        cwy[slot, :n] = group.class_weights[f][y[idx[slot, :n]]]
+    shape = (len(order), nb_max, b)
+    onehot = torch.nn.functional.one_hot(y[idx], c).float().reshape(*shape, 1, c).transpose(0, 1)
+    w = (cwy / size).reshape(*shape).transpose(0, 1)[..., None, None].contiguous()
+    plan = {"idx": idx.reshape(shape).transpose(0, 1).reshape(nb_max, -1).contiguous(), "w": w,
+            "yw": (w * onehot).contiguous()}
+    if group.dro is not None:
+        valid = (torch.arange(nb_max * b) < torch.tensor([len(group.rows[f]) for f in order])[:, None])
+        plan |= {"cwy": cwy.reshape(shape).transpose(0, 1)[..., None].contiguous(),
+                 "onehot": onehot.contiguous(), "valid": valid.reshape(shape).transpose(0, 1)}
+    return plan
+
+
+def train_group(x: Tensor, y: Tensor, group: RunGroup, config: MethodConfig) -> Tensor:
+    """Train every run of ``group`` in lockstep.
+
+    Parameters
+    ----------
+    x : Tensor
+        (n, d + 1) augmented features (`augment`) of all rows the folds index.
+    y : Tensor
+        (n,) int64 labels.
+    group : RunGroup
+        The runs.
+    config : MethodConfig
+        Supplies ``optimizer`` and ``weight_decay``.
+
+    Returns
+    -------
+    Tensor
+        (F, L, C, d + 1) trained ``[weight | bias]`` per fold and learning rate.
+    """
+    order, nbs = _order(group)
+    f, lcount = len(order), len(group.lrs)
+    c, d1 = group.init.shape[1:]
+    lr = torch.tensor(group.lrs, dtype=torch.float32).repeat_interleave(c)
+    q = (group.init[order][:, None] / lr.view(1, lcount, c, 1)).reshape(f, lcount * c, d1).contiguous()
+    update = _Update(q, config)
+    gens = [torch.Generator().manual_seed(s) for s in group.seeds]
+    dro = DroState(group.dro, f, lcount) if group.dro is not None else None
+    for _ in range(group.epochs):
+        plan = _epoch_plan(group, order, gens, y, nbs[0])
+        _run_epoch(x, plan, nbs, group, update, lr, config.weight_decay, dro)
+    trained = (q.view(f, lcount, c, d1) * lr.view(1, lcount, c, 1))
+    return trained[torch.tensor(order).argsort()]
+
+
+def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGroup, update: _Update,
+               lr: Tensor, weight_decay: float, dro: DroState | None) -> None:
+    """One epoch of lockstep steps (the hot loop: no allocation beyond the softmax)."""
+    idx, w, yw = plan["idx"], plan["w"], plan["yw"]
+    q, gt = update.q, update.g
+    f, b, (lc, d1) = len(nbs), group.batch_size, q.shape[1:]
+    xb = torch.empty((f * b, d1))
+    xb3, qt, z = xb.view(f, b, d1), q.transpose(1, 2), torch.empty((f, b, lc))
+    lr_cols, lrwd = lr.view(1, 1, -1), (lr * weight_decay).view(1, -1, 1)
+    if dro is not None:
+        gn, present = dro_plan(group.dro, idx.view(-1, f, b), plan["valid"])
+    for i in range(nbs[0]):
+        k = sum(1 for n in nbs if n > i)
+        torch.index_select(x, 0, idx[i], out=xb)
+        torch.bmm(xb3, qt, out=z)
+        z4 = z.mul_(lr_cols).view(f, b, len(group.lrs), -1)
+        if dro is None:
+            dz = torch.softmax(z4, dim=-1).mul_(w[i]).sub_(yw[i])
+        else:
+            dz = dro.grad(z4, plan["onehot"][i], plan["cwy"][i], gn[i], present[i], k)
+        torch.bmm(dz.view(f, b, -1).transpose(1, 2), xb3, out=gt)
+        if weight_decay:
+            gt.addcmul_(q, lrwd)
+        update(k)
+
+
+def accuracies(x: Tensor, y: Tensor, weights: Tensor, rows: list[np.ndarray]) -> np.ndarray:
+    """(F, L) accuracy of each run on its fold's rows ``rows[f]`` (weights (F, L, C, d + 1))."""
+    out = np.zeros(weights.shape[:2])
+    with torch.inference_mode():
+        for f, r in enumerate(rows):
+            idx = torch.from_numpy(r)
+            logits = torch.einsum("nd,lcd->nlc", x[idx], weights[f])
+            out[f] = (logits.argmax(-1) == y[idx][:, None]).double().mean(0).numpy()
+    return out
+
+
+def _fold_init(method: type[Method], spec: TaskSpec, config: MethodConfig, seed: int) -> Tensor:
+    """The probe ``train`` would start from: the method built right after seeding."""
+    torch.manual_seed(seed)
+    return linear_weights(method(spec, config))
+
+
+def cv_rows(
+    method: str, data: ArrayData, n_classes: int, n_domains: int, config: MethodConfig,
+    splits: list[tuple[np.ndarray, np.ndarray]], seed: int,
+) -> list[dict[str, float]]:
+    """`strategies.core.search`'s CV table, trained in lockstep (same rows, same order).
+
+    Parameters
+    ----------
+    method : str
+        A lockstep-capable registered method.
+    data : ArrayData
+        The training split.
+    n_classes, n_domains : int
+        Task dimensions.
+    config : MethodConfig
+        Grid (``batch_sizes`` × ``lrs``), ``search_epochs``, optimiser.
+    splits : list of (train rows, validation rows)
+        The folds (`strategies.core.cv_folds`).
+    seed : int
+        Fold ``f`` trains with seed ``seed + f``, as in the per-config path.
+
+    Returns
+    -------
+    list of dict
+        One row (batch_size, lr, fold, accuracy) per candidate and fold.
+    """
+    cls = get_method(method)
+    x, y = augment(data.x), torch.from_numpy(data.y.astype(np.int64))
+    specs = [make_spec(data.take(tr), n_classes, n_domains, config.sensitive) for tr, _ in splits]
+    init = torch.stack([_fold_init(cls, s, config, seed + f) for f, s in enumerate(specs)])
+    cw = torch.tensor([s.class_weights for s in specs], dtype=torch.float32)
+    acc = {}
+    for bs in config.batch_sizes:
+        group = RunGroup([tr for tr, _ in splits], cw, init, [seed + f for f in range(len(splits))],
+                         tuple(config.lrs), bs, config.search_epochs, dro_spec(cls, data, config, specs[0]))
+        acc[bs] = accuracies(x, y, train_group(x, y, group, config), [va for _, va in splits])
+    return [{"batch_size": bs, "lr": lr, "fold": f, "accuracy": float(acc[bs][f, j])}
+            for bs in config.batch_sizes for j, lr in enumerate(config.lrs) for f in range(len(splits))]
+
+
+def train_model(
+    method: str, data: ArrayData, spec: TaskSpec, config: MethodConfig, hp: HParams, seed: int,
+) -> Method:
+    """`strategies.core.train` for a lockstep-capable method, on the lean fused step."""
+    torch.manual_seed(seed)
+    model = get_method(method)(spec, config)
+    model.configure_optimizer(hp.lr)
+    group = RunGroup([np.arange(len(data))], model.class_weights[None].clone(),
+                     linear_weights(model)[None], [seed], (hp.lr,), hp.batch_size, hp.epochs,
+                     dro_spec(type(model), data, config, spec))
+    x, y = augment(data.x), torch.from_numpy(data.y.astype(np.int64))
+    load_linear(model, train_group(x, y, group, config)[0, 0])
+    return model.eval()
