@@ -97,20 +97,20 @@ class GroupMetrics:
             of samples whose true class is ``class``.
 
         """
-        rows = [
-            pd.DataFrame(
-                {
-                    "group": group,
-                    "class": self.class_names,
-                    "support": cm.sum(axis=1),
-                    "tpr": _tpr_all(cm),
-                    "fpr": _fpr_all(cm),
-                    "f1": f1_per_class(cm),
-                }
-            )
-            for group, cm in self.counts.items()
-        ]
-        return pd.concat(rows, ignore_index=True)
+        cms = list(self.counts.values())
+        return self._per_group_class(
+            support=np.concatenate([cm.sum(axis=1) for cm in cms]),
+            tpr=np.concatenate([_tpr_all(cm) for cm in cms]),
+            fpr=np.concatenate([_fpr_all(cm) for cm in cms]),
+            f1=np.concatenate([f1_per_class(cm) for cm in cms]),
+        )
+
+    def _per_group_class(self, **columns: np.ndarray) -> pd.DataFrame:
+        """One frame with ``group, class`` and ``columns`` (built once: runs every round)."""
+        n_classes = len(self.class_names)
+        keys = {"group": np.repeat(np.array(self.groups, dtype=object), n_classes),
+                "class": np.tile(np.array(self.class_names, dtype=object), len(self.groups))}
+        return pd.DataFrame(keys | columns)
 
     def macro_f1(self) -> pd.Series:
         """Return macro-F1 per group, a ``Series`` indexed by group."""
@@ -131,18 +131,13 @@ class GroupMetrics:
             Columns ``group, class, eod, aod``, one row per (group, class).
 
         """
-        rows = []
-        for group, cm in self.counts.items():
-            rest = sum(
-                (other for name, other in self.counts.items() if name != group),
-                np.zeros_like(cm),
-            )
-            eod = _tpr_all(cm) - _tpr_all(rest)
-            aod = eod + (_fpr_all(cm) - _fpr_all(rest))
-            rows.append(
-                pd.DataFrame({"group": group, "class": self.class_names, "eod": eod, "aod": aod})
-            )
-        return pd.concat(rows, ignore_index=True)
+        total = self.overall
+        eod, aod = [], []
+        for cm in self.counts.values():
+            rest = total - cm
+            eod.append(_tpr_all(cm) - _tpr_all(rest))
+            aod.append(eod[-1] + (_fpr_all(cm) - _fpr_all(rest)))
+        return self._per_group_class(eod=np.concatenate(eod), aod=np.concatenate(aod))
 
     def max_gap(self) -> pd.DataFrame:
         """Return, per class, the largest pairwise EOD and AOD over the groups.
