@@ -77,14 +77,30 @@ def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; stores are meant to be shared
     try:
         write(tmp)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-        tmp.rename(target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return target
+
+
+def replace_dir(finished: str | Path, target: str | Path) -> Path:
+    """Rename the complete folder ``finished`` to ``target``, replacing an existing one.
+
+    The old folder is moved aside before the rename and removed after it, so ``target``
+    is always either the old complete folder or the new one.
+
+    Returns
+    -------
+    Path
+        ``target``.
+    """
+    finished, target = Path(finished), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    finished.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return target

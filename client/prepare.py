@@ -15,14 +15,12 @@ cached in the hidden folder.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from client.atomic import write_parquet, write_text
+from client.atomic import replace_dir, write_parquet, write_text
 from client.imaging import cache_images
 from client.schema import MANIFEST_COLUMNS, validate_manifest
 from client.selection import PATIENT_CAP, SelectionReport, select_samples
@@ -74,15 +72,6 @@ def _partial(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
-def _publish(partial: Path, out: Path) -> None:
-    """Swap the finished partial folder into place (the old output is removed after)."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    partial.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def prepare_site(site: str, root: Path, out: Path, *, mapping: Path | None = None, seed: int = 0,
                  workers: int | None = None, progress: bool = True, cap: int = PATIENT_CAP) -> Prepared:
     """Map, select, preprocess and write one prepared site folder.
@@ -125,7 +114,7 @@ def prepare_site(site: str, root: Path, out: Path, *, mapping: Path | None = Non
     prepared = Prepared(selected.loc[:, [*MANIFEST_COLUMNS, "image_path", "cache_file"]],
                         quarantine.reset_index(drop=True), mapped, report)
     _write(partial, prepared)
-    _publish(partial, Path(out))
+    replace_dir(partial, Path(out))
     return prepared
 
 
