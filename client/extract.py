@@ -30,11 +30,11 @@ from client.extract_run import (
     decode_chunk,
     encode_chunk,
     load_chunk,
-    progress_bar,
     resolve_device,
     save_chunk,
 )
 from client.feature_store import PROVENANCE, Provenance, entry_dir, write_entry
+from client.progress import progress_bar
 from client.schema import validate_manifest
 
 PARTIAL = ".partial"

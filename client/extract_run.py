@@ -10,31 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from client.atomic import atomic_write
-
-
-class ImagesPerSecond(ProgressColumn):
-    """Recent throughput of a task in images/s."""
-
-    def render(self, task) -> Text:
-        """Text such as ``12.3 img/s``."""
-        return Text(f"{task.speed or 0.0:.2f} img/s", style="progress.data.speed")
-
-
-def progress_bar(enabled: bool) -> Progress:
-    """A rich progress bar (images done / total, images/s, time left); silent when disabled."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    ImagesPerSecond(), TimeRemainingColumn(), disable=not enabled)
 
 
 def resolve_device(device: str) -> torch.device:

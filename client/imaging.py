@@ -22,10 +22,10 @@ from typing import TypeAlias
 import cv2
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from client.atomic import atomic_write
 from client.dicom import ImageError, SkipImage, read_image
+from client.progress import progress_bar
 
 __all__ = ["CACHE_COLUMNS", "TARGET_SIZE", "CacheResult", "ImageError", "SkipImage", "cache_file_name",
            "cache_images", "mammo_clip_crop", "preprocess", "read_image", "resize_to_target"]
@@ -306,7 +306,6 @@ def _pool_pass(jobs: dict[int, tuple[str, str]], workers: int, record: Record,
 
 @contextmanager
 def _progress_bar(show: bool, total: int, done: int) -> Iterator[Callable[[], None]]:
-    columns = (TextColumn("caching images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not show) as bar:
-        task = bar.add_task("cache", total=total, completed=done)
+    with progress_bar(show) as bar:
+        task = bar.add_task("caching images", total=total, completed=done)
         yield lambda: bar.advance(task)
