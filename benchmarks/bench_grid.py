@@ -27,6 +27,7 @@ from grid_model import (
     gemm_gflops,
     lean_step_seconds,
     linear_macs,
+    lockstep_width,
     protocol_phases,
     samples_seen,
     update_seconds,
@@ -72,8 +73,8 @@ def step_floor(config: object, fold_sizes: list[int], n: int, bs_retrain: int, d
     """Sequential steps of the lockstep protocol and their floor in seconds."""
     phases = protocol_phases(config, fold_sizes, n, bs_retrain)
     for bs, _, _ in phases:
-        lean.setdefault((dim, bs), lean_step_seconds(dim, c, bs))
-    return sum(s for _, _, s in phases), sum(s * lean[(dim, bs)] for bs, _, s in phases)
+        lean.setdefault((dim, c, bs), lean_step_seconds(dim, c, bs))
+    return sum(s for _, _, s in phases), sum(s * lean[(dim, c, bs)] for bs, _, s in phases)
 
 
 def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: float, lean: dict,
@@ -83,7 +84,8 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
     for name in methods:
         cls = get_method(name)
         config = cls.config_cls()
-        steps, floor_s = step_floor(config, folds, len(data), 16, dim, c, lean)
+        width = lockstep_width(name, dim, c) if ls.supports_lockstep(cls) else c
+        steps, floor_s = step_floor(config, folds, len(data), 16, dim, width, lean)
         flop_s = 6 * linear_macs(name, dim, c) * samples_seen(config, folds, len(data)) / (gflops * 1e9)
         if ls.supports_lockstep(cls):
             est, path = measured.get(name, 0.0), "lockstep (measured)"

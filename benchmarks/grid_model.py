@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 from strategies import lockstep as ls
 from strategies.base import REGISTRY, Batch, MethodConfig, TaskSpec
@@ -66,10 +65,21 @@ def update_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 15
 
 
 def linear_macs(name: str, dim: int, n_classes: int) -> int:
-    """Multiply-adds per sample of one forward pass: the method's `nn.Linear` weights."""
+    """Multiply-adds per sample of one forward pass: the method's weight matrices.
+
+    Every parameter with two or more axes is a weight applied to each sample once
+    (`nn.Linear` weights, and MOE's stacked (E, C, d) experts); vectors (biases, norms)
+    are not counted.
+    """
     cls = REGISTRY[name]
     model = cls(TaskSpec(dim, n_classes, 8, (1.0,) * n_classes), cls.config_cls())
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+
+
+def lockstep_width(name: str, dim: int, n_classes: int) -> int:
+    """Rows of a lockstep method's ``[weight | bias]`` map (the classes for a probe)."""
+    cls = REGISTRY[name]
+    return ls.linear_weights(cls(TaskSpec(dim, n_classes, 8, (1.0,) * n_classes), cls.config_cls())).shape[0]
 
 
 def protocol_phases(config: MethodConfig, fold_sizes: list[int], n: int,
@@ -96,3 +106,40 @@ def samples_seen(config: MethodConfig, fold_sizes: list[int], n: int) -> int:
     """Training samples processed by the whole protocol (all runs)."""
     search = sum(fold_sizes) * len(config.lrs) * len(config.batch_sizes) * config.search_epochs
     return (search if config.searchable else 0) + n * config.epochs
+
+
+def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 100) -> float:
+    """Seconds per step of a method's unavoidable kernels, issued back to back.
+
+    For every weight matrix W (out × in) of the method: the forward GEMM of a batch and the
+    weight-gradient GEMM; then one fused Adam update of all its parameters. No autograd,
+    no loss, no activations: what any implementation of one step of the method must at
+    least run, measured on this machine (small-batch GEMMs and the optimizer's memory
+    traffic, which a FLOP count misses).
+    """
+    cls = REGISTRY[name]
+    torch.manual_seed(0)
+    params = [p.detach() for p in cls(TaskSpec(dim, n_classes, 8, (1.0,) * n_classes),
+                                       cls.config_cls()).parameters()]
+    mats = [p.reshape(-1, p.shape[-1]) for p in params if p.dim() >= 2]
+    xs = [torch.randn(bs, w.shape[1]) for w in mats]
+    gs = [torch.randn(bs, w.shape[0]) for w in mats]
+    outs, dws = [torch.empty(bs, w.shape[0]) for w in mats], [torch.empty_like(w) for w in mats]
+    grads = [torch.randn_like(p) * 1e-3 for p in params]
+    ms, vs = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    counts = [torch.zeros(()) for _ in params]
+
+    def step() -> None:
+        for w, x, g, o, dw in zip(mats, xs, gs, outs, dws, strict=True):
+            torch.mm(x, w.T, out=o)
+            torch.mm(g.T, x, out=dw)
+        torch._foreach_add_(counts, 1.0)
+        torch._fused_adam_(params, grads, ms, vs, [], counts, lr=1e-3, beta1=0.9, beta2=0.999,
+                           weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+
+    for _ in range(5):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps

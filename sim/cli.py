@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     pooled.add_argument("--out", required=True, type=Path, help="results folder")
     pooled.add_argument("--store", type=Path, help="existing feature store (overrides the config)")
     pooled.add_argument("--no-search", action="store_true", help="skip the HP search")
+    pooled.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train models on N processes (0: every core; default 1)")
     sim_ = sub.add_parser("simulate", help="run an experiment's methods as federations")
     sim_.add_argument("--config", required=True, type=Path, help="experiment TOML")
     sim_.add_argument("--out", required=True, type=Path, help="results folder")
@@ -136,7 +138,7 @@ def _report(results: Path, out: Path | None) -> None:
 def _pooled(args: argparse.Namespace, quiet: bool) -> None:
     exp = _experiment(args)
     start = time.perf_counter()
-    results = run_pooled_experiment(exp, args.out, show_progress=not quiet)
+    results = run_pooled_experiment(exp, args.out, show_progress=not quiet, workers=getattr(args, "jobs", 1))
     console.print(Markdown("\n".join(results.tables.values())))
     console.print(f"wrote {args.out}/metrics.parquet and table3.md "
                   f"in {time.perf_counter() - start:.0f} s")

@@ -31,13 +31,63 @@ def evaluate(result: FitResult, tasks: Mapping[str, SiteTask], n_classes: int) -
     ]
 
 
-def _jobs(exp: Experiment, tasks: Mapping[str, SiteTask]) -> list[tuple[str, str, list[str]]]:
+def jobs(exp: Experiment, tasks: Mapping[str, SiteTask]) -> list[tuple[str, str, list[str]]]:
     """(method, trained_on, training sites) for every model the experiment trains."""
     jobs = []
     if exp.study.individual:
         jobs += [(exp.study.individual_method, s, [s]) for s in tasks]
     jobs += [(m, ALL_SITES, list(tasks)) for m in exp.study.methods]
     return jobs
+
+
+def load_tasks(exp: Experiment, task: str, entries: Mapping[str, SiteFeatures]) -> dict[str, SiteTask]:
+    """Every site's train/test arrays for ``task`` (sites without its labels are skipped)."""
+    present = [s for s in entries if entries[s].manifest[task].notna().any()]
+    tasks = {}
+    for site in entries:
+        st = site_task(entries[site], task, present.index(site)) if site in present else None
+        if st is None and site not in present:
+            log.info("skipping site %s for task %s: no %s labels", site, task, task)
+        if st is not None:
+            tasks[site] = st
+    return tasks
+
+
+def n_domains(entries: Mapping[str, SiteFeatures], task: str) -> int:
+    """Number of sites holding ``task``'s labels (the domains of its models; at least 1)."""
+    return max(sum(1 for e in entries.values() if e.manifest[task].notna().any()), 1)
+
+
+def train_job(
+    exp: Experiment, fm: str, task: str, tasks: Mapping[str, SiteTask], domains: int,
+    job: tuple[str, str, list[str]],
+) -> tuple[pd.DataFrame, dict[str, object]]:
+    """Train and evaluate one model of `jobs`: its history rows and chosen hyperparameters.
+
+    Parameters
+    ----------
+    exp : Experiment
+        The experiment.
+    fm, task : str
+        Which FM profile and task.
+    tasks : mapping of str to SiteTask
+        `load_tasks` of the task.
+    domains : int
+        `n_domains` of the task.
+    job : tuple
+        (method, trained_on, training sites).
+    """
+    method, trained_on, train_sites = job
+    classes = task_classes(task)
+    data = concat([tasks[s].train for s in train_sites])
+    result = fit(method, data, len(classes), domains, exp.method_config(method),
+                 do_search=exp.protocol.search, folds=exp.protocol.folds, seed=exp.protocol.seed)
+    key = RunKey("pooled", fm, task, method, trained_on)
+    history = rows_from_counts(key, evaluate(result, tasks, len(classes)), classes, task)
+    hp = {"fm": fm, "task": task, "method": method, "trained_on": trained_on,
+          "batch_size": result.hparams.batch_size, "lr": result.hparams.lr,
+          "epochs": result.hparams.epochs, "n_train": len(data)}
+    return history, hp
 
 
 def run_task(
@@ -62,25 +112,12 @@ def run_task(
     tuple of pandas.DataFrame
         The history rows and the chosen hyperparameters of each model.
     """
-    classes = task_classes(task)
-    present = [s for s in entries if entries[s].manifest[task].notna().any()]
-    tasks = {}
-    for site in entries:
-        st = site_task(entries[site], task, present.index(site)) if site in present else None
-        if st is None and site not in present:
-            log.info("skipping site %s for task %s: no %s labels", site, task, task)
-        if st is not None:
-            tasks[site] = st
+    tasks = load_tasks(exp, task, entries)
     frames, hps = [empty_history()], []
-    for method, trained_on, train_sites in _jobs(exp, tasks):
-        data = concat([tasks[s].train for s in train_sites])
-        result = fit(method, data, len(classes), max(len(present), 1), exp.method_config(method),
-                     do_search=exp.protocol.search, folds=exp.protocol.folds, seed=exp.protocol.seed)
-        key = RunKey("pooled", fm, task, method, trained_on)
-        frames.append(rows_from_counts(key, evaluate(result, tasks, len(classes)), classes, task))
-        hps.append({"fm": fm, "task": task, "method": method, "trained_on": trained_on,
-                    "batch_size": result.hparams.batch_size, "lr": result.hparams.lr,
-                    "epochs": result.hparams.epochs, "n_train": len(data)})
+    for job in jobs(exp, tasks):
+        history, hp = train_job(exp, fm, task, tasks, n_domains(entries, task), job)
+        frames.append(history)
+        hps.append(hp)
         advance(1)
     return pd.concat(frames, ignore_index=True), pd.DataFrame(hps)
 

@@ -13,9 +13,11 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from client.atomic import write_parquet, write_text
-from client.feature_store import Provenance, list_entries, read_entry, write_entry
+from client.feature_store import Provenance, list_entries, write_entry
+from server.history import empty_history
 from server.tables import LEGEND, table3_cells, table3_markdown
 from sim.experiment import Experiment
+from sim.parallel import plan_units, read_fm, resolve_workers, run_parallel
 from sim.pooled import count_jobs, run_task
 from sim.sites import DEFAULT_SITES, Site, load_sites
 from sim.synthetic import GENERATOR_VERSION, synthesize
@@ -90,29 +92,44 @@ def ensure_store(exp: Experiment, out: Path, show_progress: bool) -> Path:
     return store
 
 
+def _run_serial(
+    store: Path, exp: Experiment, progress: Progress,
+) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+    """Every FM × task in this process: history frames and hyperparameter tables."""
+    frames, hps = [], []
+    for fm in exp.study.fms:
+        entries = read_fm(store, fm)
+        for task in exp.study.tasks:
+            bar = progress.add_task(f"{fm} · {task}", total=count_jobs(exp, entries, task))
+            history, hp = run_task(exp, fm, task, entries, lambda n, b=bar: progress.advance(b, n))
+            frames.append(history)
+            hps.append(hp)
+    return frames, hps
+
+
 def run_pooled_experiment(
-    exp: Experiment, out: str | Path, show_progress: bool = True
+    exp: Experiment, out: str | Path, show_progress: bool = True, workers: int = 1,
 ) -> PooledResults:
     """Run a pooled experiment and write ``metrics.parquet``, ``hparams.parquet``, ``table3.md``.
 
     Nothing is written to ``out`` (beyond a synthesized store cache) unless the whole
-    run succeeds, and each output file is replaced atomically.
+    run succeeds, and each output file is replaced atomically. ``workers`` > 1 trains the
+    models on that many processes (`sim.parallel`; 0 = every core), with the same results.
     """
     out = Path(out)
     torch.set_num_threads(1)  # tiny probes: thread hand-offs cost more than they save
     store = ensure_store(exp, out, show_progress)
-    frames, hps = [], []
+    workers = resolve_workers(workers)
     with progress_bar(show_progress) as progress:
-        for fm in exp.study.fms:
-            entries = {s: read_entry(store, fm, s) for s in list_entries(store).get(fm, [])}
-            if not entries:
-                raise FileNotFoundError(f"{store}: no feature-store entries for FM {fm!r}")
-            for task in exp.study.tasks:
-                bar = progress.add_task(f"{fm} · {task}", total=count_jobs(exp, entries, task))
-                history, hp = run_task(exp, fm, task, entries, lambda n, b=bar: progress.advance(b, n))
-                frames.append(history)
-                hps.append(hp)
-    metrics = pd.concat(frames, ignore_index=True)
+        if workers > 1:
+            plan = list(plan_units(store, exp))
+            bars = {(fm, t): progress.add_task(f"{fm} · {t}", total=n) for fm, t, n in plan}
+            frames, rows = run_parallel(store, exp, plan, workers,
+                                        lambda fm, t: progress.advance(bars[fm, t]))
+            hps = [pd.DataFrame(rows)]
+        else:
+            frames, hps = _run_serial(store, exp, progress)
+    metrics = pd.concat([empty_history(), *frames], ignore_index=True)
     hparams = pd.concat(hps, ignore_index=True)
     labels = {m: get_method(m).label for m in exp.study.methods}
     tables = {t: table3_markdown(table3_cells(metrics, t, exp.study.fms, labels), t, exp.study.fms)

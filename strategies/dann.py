@@ -76,13 +76,18 @@ class DannConfig(MethodConfig):
 
 
 class _GradReverse(torch.autograd.Function):
-    """Identity forward; gradient times ``-lam`` backward."""
+    """Identity forward; gradient times ``-lam`` backward (torch.func-compatible form)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, lam: float) -> Tensor:  # noqa: D102
-        ctx.lam = lam
+    def forward(x: Tensor, lam: float) -> Tensor:  # noqa: D102
         # A view, not x itself: autograd needs a new tensor to attach this node to.
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, float], output: Tensor) -> None:  # noqa: D102
+        ctx.lam = inputs[1]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102

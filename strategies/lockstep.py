@@ -23,7 +23,9 @@ A method opts in with the class attribute ``lockstep = True`` (set on the class 
 not inherited), which promises: the model is ``self.linear`` (an `nn.Linear` over the
 features) trained with `weighted_cross_entropy`, no other parameters or epoch hooks.
 ``lockstep = "groupdro"`` promises the same probe trained on GroupDRO's robust
-objective (`strategies.lockstep_dro`; the config's ``eta`` and ``sensitive``).
+objective (`strategies.lockstep_dro`; the config's ``eta`` and ``sensitive``);
+``lockstep = "moe"`` a mixture whose parameters are all linear maps of the features, read
+and written through ``linear_map``/``load_linear_map`` (`strategies.lockstep_moe`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import Tensor
 from strategies.base import Method, MethodConfig, TaskSpec, get_method
 from strategies.core import ArrayData, HParams, make_spec
 from strategies.lockstep_dro import DroSpec, DroState, dro_plan, dro_spec
+from strategies.lockstep_moe import MoeSpec, mixture, moe_grad, moe_plan, moe_spec
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
@@ -68,6 +71,8 @@ class RunGroup:
         Minibatch size and number of epochs.
     dro : DroSpec, optional
         Train GroupDRO's robust objective instead of the weighted cross-entropy.
+    moe : MoeSpec, optional
+        Train MOE's mixture objective (``init`` rows in `MoE.linear_map` order).
     """
 
     rows: list[np.ndarray]
@@ -78,6 +83,7 @@ class RunGroup:
     batch_size: int
     epochs: int
     dro: DroSpec | None = None
+    moe: MoeSpec | None = None
 
 
 def augment(x: np.ndarray) -> Tensor:
@@ -88,13 +94,18 @@ def augment(x: np.ndarray) -> Tensor:
 
 
 def linear_weights(model: Method) -> Tensor:
-    """``[weight | bias]`` (C, d + 1) of a lockstep-capable model's probe."""
+    """``[weight | bias]`` (K, d + 1) of a lockstep-capable model's linear map."""
+    if hasattr(model, "linear_map"):
+        return model.linear_map()
     lin = model.linear
     return torch.cat([lin.weight.detach(), lin.bias.detach()[:, None]], dim=1).clone()
 
 
 def load_linear(model: Method, wb: Tensor) -> None:
-    """Write ``[weight | bias]`` (C, d + 1) into the model's probe."""
+    """Write ``[weight | bias]`` (K, d + 1) into the model's linear map."""
+    if hasattr(model, "load_linear_map"):
+        model.load_linear_map(wb)
+        return
     with torch.no_grad():
         model.linear.weight.copy_(wb[:, :-1])
         model.linear.bias.copy_(wb[:, -1])
@@ -173,10 +184,14 @@ def _epoch_plan(
     w = (cwy / size).reshape(*shape).transpose(0, 1)[..., None, None].contiguous()
     plan = {"idx": idx.reshape(shape).transpose(0, 1).reshape(nb_max, -1).contiguous(), "w": w,
             "yw": (w * onehot).contiguous()}
+    valid = (torch.arange(nb_max * b) < torch.tensor([len(group.rows[f]) for f in order])[:, None])
     if group.dro is not None:
-        valid = (torch.arange(nb_max * b) < torch.tensor([len(group.rows[f]) for f in order])[:, None])
         plan |= {"cwy": cwy.reshape(shape).transpose(0, 1)[..., None].contiguous(),
                  "onehot": onehot.contiguous(), "valid": valid.reshape(shape).transpose(0, 1)}
+    if group.moe is not None:
+        inv = (valid / size).reshape(shape).transpose(0, 1)
+        plan |= {"onehot": onehot.contiguous(), "wr": w[..., 0].contiguous(),
+                 "dom": moe_plan(group.moe, plan["idx"].view(nb_max, len(order), b), inv).contiguous()}
     return plan
 
 
@@ -230,23 +245,28 @@ def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGro
         torch.index_select(x, 0, idx[i], out=xb)
         torch.bmm(xb3, qt, out=z)
         z4 = z.mul_(lr_cols).view(f, b, len(group.lrs), -1)
-        if dro is None:
-            dz = torch.softmax(z4, dim=-1).mul_(w[i]).sub_(yw[i])
-        else:
+        if dro is not None:
             dz = dro.grad(z4, plan["onehot"][i], plan["cwy"][i], gn[i], present[i], k)
+        elif group.moe is not None:
+            dz = moe_grad(group.moe, z4, plan["onehot"][i], plan["wr"][i], plan["dom"][i])
+        else:
+            dz = torch.softmax(z4, dim=-1).mul_(w[i]).sub_(yw[i])
         torch.bmm(dz.view(f, b, -1).transpose(1, 2), xb3, out=gt)
         if weight_decay:
             gt.addcmul_(q, lrwd)
         update(k)
 
 
-def accuracies(x: Tensor, y: Tensor, weights: Tensor, rows: list[np.ndarray]) -> np.ndarray:
-    """(F, L) accuracy of each run on its fold's rows ``rows[f]`` (weights (F, L, C, d + 1))."""
+def accuracies(x: Tensor, y: Tensor, weights: Tensor, rows: list[np.ndarray],
+               moe: MoeSpec | None = None) -> np.ndarray:
+    """(F, L) accuracy of each run on its fold's rows ``rows[f]`` (weights (F, L, K, d + 1))."""
     out = np.zeros(weights.shape[:2])
     with torch.inference_mode():
         for f, r in enumerate(rows):
             idx = torch.from_numpy(r)
             logits = torch.einsum("nd,lcd->nlc", x[idx], weights[f])
+            if moe is not None:
+                logits = mixture(logits, moe.n_experts)[2]
             out[f] = (logits.argmax(-1) == y[idx][:, None]).double().mean(0).numpy()
     return out
 
@@ -291,8 +311,9 @@ def cv_rows(
     acc = {}
     for bs in config.batch_sizes:
         group = RunGroup([tr for tr, _ in splits], cw, init, [seed + f for f in range(len(splits))],
-                         tuple(config.lrs), bs, config.search_epochs, dro_spec(cls, data, config, specs[0]))
-        acc[bs] = accuracies(x, y, train_group(x, y, group, config), [va for _, va in splits])
+                         tuple(config.lrs), bs, config.search_epochs, dro_spec(cls, data, config, specs[0]),
+                         moe_spec(cls, data, config, specs[0]))
+        acc[bs] = accuracies(x, y, train_group(x, y, group, config), [va for _, va in splits], group.moe)
     return [{"batch_size": bs, "lr": lr, "fold": f, "accuracy": float(acc[bs][f, j])}
             for bs in config.batch_sizes for j, lr in enumerate(config.lrs) for f in range(len(splits))]
 
@@ -306,7 +327,7 @@ def train_model(
     model.configure_optimizer(hp.lr)
     group = RunGroup([np.arange(len(data))], model.class_weights[None].clone(),
                      linear_weights(model)[None], [seed], (hp.lr,), hp.batch_size, hp.epochs,
-                     dro_spec(type(model), data, config, spec))
+                     dro_spec(type(model), data, config, spec), moe_spec(type(model), data, config, spec))
     x, y = augment(data.x), torch.from_numpy(data.y.astype(np.int64))
     load_linear(model, train_group(x, y, group, config)[0, 0])
     return model.eval()

@@ -200,6 +200,9 @@ class MoE(Method):
     label: ClassVar[str] = "MOE"
     config_cls: ClassVar[type[MethodConfig]] = MoEConfig
     strategy_cls: ClassVar[type[FedMammoStrategy]] = MoEStrategy
+    #: Gate and experts are one linear map: pooled grids train in lockstep
+    #: (`strategies.lockstep_moe`).
+    lockstep: ClassVar[str] = "moe"
 
     def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
         super().__init__(spec, config)
@@ -207,6 +210,21 @@ class MoE(Method):
         self.experts = LinearExperts(spec.n_domains, spec.in_dim, spec.n_classes)
         self.lambda_gate = getattr(config, "lambda_gate", MoEConfig.lambda_gate)
         self.lambda_expert = getattr(config, "lambda_expert", MoEConfig.lambda_expert)
+
+    def linear_map(self) -> Tensor:
+        """Gate then experts as one ``[weight | bias]`` matrix (E + E·C, d + 1), a copy."""
+        w = torch.cat([self.router.weight, self.experts.weight.flatten(0, 1)])
+        b = torch.cat([self.router.bias, self.experts.bias.flatten()])
+        return torch.cat([w, b[:, None]], dim=1).detach().clone()
+
+    def load_linear_map(self, wb: Tensor) -> None:
+        """Write a `linear_map` matrix back into the gate and the experts."""
+        e = self.spec.n_domains
+        with torch.no_grad():
+            self.router.weight.copy_(wb[:e, :-1])
+            self.router.bias.copy_(wb[:e, -1])
+            self.experts.weight.copy_(wb[e:, :-1].view_as(self.experts.weight))
+            self.experts.bias.copy_(wb[e:, -1].view_as(self.experts.bias))
 
     def gate(self, x: Tensor) -> Tensor:
         """Gate probabilities α(x), shape (n, E)."""

@@ -111,3 +111,13 @@ def test_shipped_configs_load():
     assert paper.protocol.search and paper.data.scale == 1.0
     quick = load_experiment(CONFIGS / "quick.toml")
     assert not quick.protocol.search and len(quick.study.fms) == 1
+
+
+def test_parallel_workers_write_the_serial_results(small_run, tmp_path):
+    # Two spawned workers train the same models; rows come back in the serial order.
+    results, run = small_run
+    exp = _experiment(tmp_path, SMALL.replace('scale = 0.15', f'scale = 0.15\nstore = "{run / "store"}"'))
+    parallel = run_pooled_experiment(exp, tmp_path / "par", show_progress=False, workers=2)
+    pd.testing.assert_frame_equal(parallel.metrics, results.metrics)
+    pd.testing.assert_frame_equal(parallel.hparams, results.hparams)
+    assert (tmp_path / "par" / "table3.md").read_text() == (run / "table3.md").read_text()

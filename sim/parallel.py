@@ -1,0 +1,104 @@
+"""The pooled study's models trained by several worker processes (``fedmammo pooled --jobs``).
+
+Each model of the grid (`sim.pooled.jobs` of every FM × task) is independent, and one
+model's training is a single-threaded chain of small steps (`strategies.core`): threads
+inside one model buy little on a few cores, separate models scale with them. Workers are
+spawned processes (fork would copy the parent's torch thread pools); each loads an
+(FM, task)'s arrays once and keeps them for the models that follow. Results come back in
+the serial order, so a run with N workers writes the same tables as a run with one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from client.feature_store import SiteFeatures, list_entries, read_entry
+from client.local import SiteTask
+from sim.experiment import Experiment
+from sim.pooled import jobs, load_tasks, n_domains, train_job
+
+Unit = tuple[str, str, int]  # (fm, task, index into the task's jobs)
+
+_CACHE: dict[tuple[str, str], tuple[dict[str, SiteTask], int]] = {}
+
+
+def resolve_workers(requested: int) -> int:
+    """Worker count: ``requested``, or every available core when it is 0 or less."""
+    if requested > 0:
+        return requested
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def read_fm(store: Path, fm: str) -> dict[str, SiteFeatures]:
+    """Every site's store entry for ``fm``, or one error naming the store and FM."""
+    entries = {s: read_entry(store, fm, s) for s in list_entries(store).get(fm, [])}
+    if not entries:
+        raise FileNotFoundError(f"{store}: no feature-store entries for FM {fm!r}")
+    return entries
+
+
+def _tasks(store: Path, exp: Experiment, fm: str, task: str) -> tuple[dict[str, SiteTask], int]:
+    """The (FM, task)'s site arrays, loaded once per worker (one pair kept at a time)."""
+    if (fm, task) not in _CACHE:
+        _CACHE.clear()  # workers move through the grid in order: the old pair is done
+        entries = read_fm(store, fm)
+        _CACHE[fm, task] = (load_tasks(exp, task, entries), n_domains(entries, task))
+    return _CACHE[fm, task]
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_unit(store: Path, exp: Experiment, unit: Unit) -> tuple[pd.DataFrame, dict[str, object]]:
+    fm, task, i = unit
+    tasks, domains = _tasks(store, exp, fm, task)
+    return train_job(exp, fm, task, tasks, domains, jobs(exp, tasks)[i])
+
+
+def plan_units(store: Path, exp: Experiment) -> Iterator[tuple[str, str, int]]:
+    """(fm, task, number of models) of every FM × task, in the serial order."""
+    for fm in exp.study.fms:
+        entries = read_fm(store, fm)
+        for task in exp.study.tasks:
+            yield fm, task, len(jobs(exp, load_tasks(exp, task, entries)))
+
+
+def run_parallel(
+    store: Path, exp: Experiment, plan: list[tuple[str, str, int]], workers: int,
+    done: Callable[[str, str], None] = lambda _f, _t: None,
+) -> tuple[list[pd.DataFrame], list[dict[str, object]]]:
+    """Train every model of the pooled study on ``workers`` processes.
+
+    Parameters
+    ----------
+    store : Path
+        Feature store root.
+    exp : Experiment
+        The experiment.
+    plan : list of tuple
+        `plan_units` of the experiment.
+    workers : int
+        Processes (at least 2 to be worth it).
+    done : callable
+        Called with (fm, task) after each finished model (progress display).
+
+    Returns
+    -------
+    tuple of list
+        History frames and hyperparameter rows, in the order a serial run produces them.
+    """
+    units = [(fm, task, i) for fm, task, n in plan for i in range(n)]
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+        futures: list[Future] = [pool.submit(_run_unit, store, exp, u) for u in units]
+        for unit, future in zip(units, futures, strict=True):
+            future.add_done_callback(lambda _f, u=unit: done(u[0], u[1]))
+        results = [f.result() for f in futures]
+    return [r[0] for r in results], [r[1] for r in results]
