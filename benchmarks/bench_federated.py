@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from common import emit
 
+from client.app import _label_loss
+from client.evaluation import site_counts
 from client.feature_store import read_entry
 from client.local import site_task
 from server.app import FederatedSettings
@@ -31,13 +33,18 @@ from sim.federated import run_inprocess
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
 from strategies.base import TaskSpec, get_method
-from strategies.core import HParams, class_weights, concat, fit, fit_steps
+from strategies.core import HParams, class_weights, concat, fit, fit_steps, predict
 
 STEPS = 25
 
 
 def compute_only(store: str, sites: list[str], rounds: int) -> float:
-    """Seconds for every site's local updates of ``rounds`` rounds, in one loop."""
+    """Seconds of every site's own work for ``rounds`` rounds, in one loop.
+
+    Per site and round: the local updates, the label loss of the received and of the
+    updated model on its training rows (its reported train metrics) and the prediction
+    and confusion counts of its test rows (its evaluation reply).
+    """
     entries = [read_entry(store, "mammoclip", s) for s in sites]
     parts = [t for d, e in enumerate(entries) if (t := site_task(e, "density", d))]
     data = concat([p.train for p in parts])
@@ -46,8 +53,11 @@ def compute_only(store: str, sites: list[str], rounds: int) -> float:
     start = time.perf_counter()
     for _ in range(rounds):
         for p in parts:
+            _label_loss(model, p)
             model.configure_optimizer(1e-3)
             fit_steps(model, p.train, HParams(32, 1e-3, 1), STEPS, seed=0)
+            _label_loss(model, p)
+            site_counts(p.name, p.test_y, predict(model, p.test_x), 4, p.test_groups)
     return time.perf_counter() - start
 
 
@@ -104,7 +114,11 @@ def main(argv: list[str] | None = None) -> dict:
         s = FederatedSettings(store=store, fm="mammoclip", task="density", method="unified",
                               sites=tuple(sites), out=f"{tmp}/fed", num_rounds=args.rounds, local_steps=STEPS)
         compute = timed(lambda: compute_only(store, sites, args.rounds), args.repeats)
-        inproc = timed(lambda: run_inprocess(s), args.repeats)
+        # Marginal rounds, as for Ray: a (2 + R)-round run minus a 2-round run.
+        short_s = FederatedSettings(**(asdict(s) | {"out": f"{tmp}/short", "num_rounds": 2}))
+        long_s = FederatedSettings(**(asdict(s) | {"num_rounds": 2 + args.rounds}))
+        inproc = timed(lambda: run_inprocess(long_s), args.repeats) - timed(lambda: run_inprocess(short_s),
+                                                                            args.repeats)
         quick = FederatedSettings(**(asdict(s) | {"out": f"{tmp}/quick", "num_rounds": 40}))
         quick_s = timed(lambda: run_inprocess(quick), args.repeats)
         pooled_s = timed(lambda: pooled_epochs(store, sites, 30), args.repeats)
@@ -132,10 +146,11 @@ def markdown(r: dict) -> str:
     lines = ["## Federated engine overhead (`bench_federated.py`)", "",
              f"MammoCLIP profile at quarter scale, density, {r['sites']} nodes, Unified/FedAvg, "
              f"{r['local_steps']} local updates per site per round, one thread. Baseline, in the same run: "
-             "the same local updates back to back in one loop (the clients' compute). In-process "
-             f"figures are medians of {r['repeats']}; Ray (isolated in a loopback-only network "
-             "namespace) is run once for 2 and once for 2 + "
-             f"{r['rounds']} rounds, its per-round cost being the difference.", "",
+             "the clients' own work back to back in one loop (local updates, the train-loss of the "
+             "received and the updated model, prediction and confusion counts of the test rows). "
+             f"Per-round figures are marginal: a 2 + {r['rounds']}-round run minus a 2-round run "
+             f"(start-up cancels); in process medians of {r['repeats']}, Ray (isolated in a "
+             "loopback-only network namespace) once each.", "",
              "| what | seconds per round | ratio to client compute |", "|---|---|---|",
              f"| client compute (baseline) | {c:.3f} | 1.00 |",
              "| in-process federation (evaluation and history included) "

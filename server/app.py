@@ -31,6 +31,8 @@ from strategies.federated import FederatedSettings, FederationPlan, FedMammoStra
 
 log = logging.getLogger("fedmammo")
 CHECKPOINT = "checkpoint"
+#: Per-round history files of the checkpoint (`Checkpointer`).
+HISTORY_PARTS = "checkpoint-history"
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -86,20 +88,38 @@ def initial_arrays(plan: FederationPlan, dim: int) -> ArrayRecord:
 
 
 class Checkpointer:
-    """Writes parameters, strategy state, history and round after every round."""
+    """Writes parameters, strategy state and the round's new history after every round.
+
+    The history grows every round, so it is not rewritten whole: each round's new rows go
+    to their own file under ``out/checkpoint-history/`` (written atomically) before the
+    small checkpoint folder (arrays, state, round) is swapped in; a resume reads the
+    parts up to the checkpoint's round. A checkpoint thus costs the same at round 50 as
+    at round 1.
+    """
 
     def __init__(self, out: Path, strategy: FedMammoStrategy) -> None:
         self.folder = out / CHECKPOINT
+        self.parts = out / HISTORY_PARTS
         self.strategy = strategy
+        self.saved = 0  # history frames already in a part file
+
+    def start(self, done: int) -> None:
+        """Drop part files of rounds after ``done`` (a fresh run: all of them)."""
+        for part in sorted(self.parts.glob("round-*.parquet")) if self.parts.is_dir() else []:
+            if int(part.stem.split("-")[1]) > done:
+                part.unlink()
+        self.saved = len(self.strategy.history)
 
     def __call__(self, server_round: int) -> None:
         """Save the state reached after ``server_round`` (one atomic folder swap)."""
         arrays = self.strategy.current_arrays
+        new = self.strategy.history[self.saved:]
+        if new:
+            write_parquet(self.parts / f"round-{server_round:05d}.parquet", pd.concat(new, ignore_index=True))
+        self.saved = len(self.strategy.history)
 
         def fill(tmp: Path) -> None:
             np.savez(tmp / "arrays.npz", **{k: v.numpy() for k, v in arrays.items()})
-            history = pd.concat(self.strategy.history, ignore_index=True)
-            history.to_parquet(tmp / "history.parquet", index=False)
             state = {"round": server_round, "strategy": self.strategy.state_dict()}
             (tmp / "state.json").write_text(json.dumps(state))
 
@@ -112,11 +132,13 @@ def restore(out: Path, strategy: FedMammoStrategy) -> tuple[int, ArrayRecord]:
     if not (folder / "state.json").is_file():
         raise FileNotFoundError(f"{folder}: no checkpoint to resume from")
     state = json.loads((folder / "state.json").read_text())
+    done = int(state["round"])
     strategy.load_state_dict(state["strategy"])
-    strategy.history = [pd.read_parquet(folder / "history.parquet")]
+    parts = sorted((out / HISTORY_PARTS).glob("round-*.parquet"))
+    strategy.history = [pd.read_parquet(p) for p in parts if int(p.stem.split("-")[1]) <= done]
     with np.load(folder / "arrays.npz") as npz:
         arrays = ArrayRecord({k: Array(npz[k]) for k in npz.files})
-    return int(state["round"]), arrays
+    return done, arrays
 
 
 def run_server(grid: Grid, s: FederatedSettings) -> pd.DataFrame:
@@ -139,11 +161,12 @@ def run_server(grid: Grid, s: FederatedSettings) -> pd.DataFrame:
     plan, dim = make_plan(s, discover(grid, s))
     strategy_cls = getattr(get_method(s.method), "strategy_cls", None) or FedMammoStrategy
     strategy = strategy_cls(plan)
-    strategy.on_round_end = Checkpointer(out, strategy)
+    checkpoint = strategy.on_round_end = Checkpointer(out, strategy)
     arrays, done = initial_arrays(plan, dim), 0
     if s.resume:
         done, arrays = restore(out, strategy)
         plan.round_offset = done
+    checkpoint.start(done)
     strategy.current_arrays = arrays
     if s.num_rounds > done:
         privatize(strategy, s).start(grid=grid, initial_arrays=arrays, num_rounds=s.num_rounds - done,

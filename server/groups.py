@@ -97,13 +97,15 @@ class GroupMetrics:
             of samples whose true class is ``class``.
 
         """
+        return self._per_group_class(**self.rate_arrays())
+
+    def rate_arrays(self) -> dict[str, np.ndarray]:
+        """`by_group`'s value columns as arrays, rows in (group, class) order (no frame)."""
         cms = list(self.counts.values())
-        return self._per_group_class(
-            support=np.concatenate([cm.sum(axis=1) for cm in cms]),
-            tpr=np.concatenate([_tpr_all(cm) for cm in cms]),
-            fpr=np.concatenate([_fpr_all(cm) for cm in cms]),
-            f1=np.concatenate([f1_per_class(cm) for cm in cms]),
-        )
+        return {"support": np.concatenate([cm.sum(axis=1) for cm in cms]),
+                "tpr": np.concatenate([_tpr_all(cm) for cm in cms]),
+                "fpr": np.concatenate([_fpr_all(cm) for cm in cms]),
+                "f1": np.concatenate([f1_per_class(cm) for cm in cms])}
 
     def _per_group_class(self, **columns: np.ndarray) -> pd.DataFrame:
         """One frame with ``group, class`` and ``columns`` (built once: runs every round)."""
@@ -131,13 +133,17 @@ class GroupMetrics:
             Columns ``group, class, eod, aod``, one row per (group, class).
 
         """
+        return self._per_group_class(**self.vs_rest_arrays())
+
+    def vs_rest_arrays(self) -> dict[str, np.ndarray]:
+        """`difference_vs_rest`'s value columns as arrays, rows in (group, class) order."""
         total = self.overall
         eod, aod = [], []
         for cm in self.counts.values():
             rest = total - cm
             eod.append(_tpr_all(cm) - _tpr_all(rest))
             aod.append(eod[-1] + (_fpr_all(cm) - _fpr_all(rest)))
-        return self._per_group_class(eod=np.concatenate(eod), aod=np.concatenate(aod))
+        return {"eod": np.concatenate(eod), "aod": np.concatenate(aod)}
 
     def max_gap(self) -> pd.DataFrame:
         """Return, per class, the largest pairwise EOD and AOD over the groups.

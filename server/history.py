@@ -36,40 +36,56 @@ class RunKey:
     round: int | None = None
 
 
-def _frame(key: RunKey, rows: list[dict[str, object]]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=["site", "group_kind", "group", "metric", "class", "value"])
-    for name in ("mode", "fm", "task", "method", "trained_on"):
-        df[name] = getattr(key, name)
-    df["round"] = pd.array([key.round] * len(df), dtype="Int64")
-    df["value"] = df["value"].astype(np.float64)
-    return df.loc[:, list(METRIC_COLUMNS)]
+_FIELDS = ("site", "group_kind", "group", "metric", "class", "value")
 
 
-def _f1_rows(site: str, cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = [
-        {"site": site, "group_kind": "site", "group": site, "metric": "f1", "class": "macro",
-         "value": macro_f1(cm)},
-        {"site": site, "group_kind": "site", "group": site, "metric": "n", "class": "all",
-         "value": float(cm.sum())},
-    ]
-    rows += [
-        {"site": site, "group_kind": "site", "group": site, "metric": "f1", "class": c, "value": v}
-        for c, v in zip(classes, f1_per_class(cm), strict=True)
-    ]
-    return rows
+class _Columns:
+    """History rows gathered column-wise: one frame at the end instead of a dict per row."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {f: [] for f in _FIELDS}
+
+    def add(self, value: np.ndarray | float, **labels: object) -> None:
+        """Rows of ``value`` (one per element); each label is a scalar or an array as long."""
+        values = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        self.parts["value"].append(values)
+        for name in _FIELDS[:-1]:
+            label = labels["class_" if name == "class" else name]
+            self.parts[name].append(np.full(values.size, label, dtype=object) if np.isscalar(label)
+                                    else np.asarray(label, dtype=object))
+
+    def frame(self, key: RunKey) -> pd.DataFrame:
+        """The rows with the run's key columns, in `METRIC_COLUMNS` order."""
+        cols = {f: np.concatenate(v) if v else np.zeros(0, dtype=object) for f, v in self.parts.items()}
+        n = cols["value"].size
+        data = {name: np.full(n, getattr(key, name), dtype=object)
+                for name in ("mode", "fm", "task", "method", "trained_on")}
+        data |= {f: cols[f] for f in _FIELDS[:-1]}
+        data["round"] = pd.array([key.round] * n, dtype="Int64")
+        data["value"] = cols["value"].astype(np.float64)
+        return pd.DataFrame({c: data[c] for c in METRIC_COLUMNS})
 
 
-def _fairness_rows(site: str, kind: str, gm: GroupMetrics) -> list[dict[str, object]]:
+def _f1_rows(out: _Columns, site: str, cm: np.ndarray, classes: Sequence[str]) -> None:
+    out.add([macro_f1(cm), float(cm.sum())], site=site, group_kind="site", group=site,
+            metric=["f1", "n"], class_=["macro", "all"])
+    out.add(f1_per_class(cm), site=site, group_kind="site", group=site, metric="f1", class_=list(classes))
+
+
+def _fairness_rows(out: _Columns, site: str, kind: str, gm: GroupMetrics) -> None:
     """Per-group TPR/FPR/support and EOD/AOD against the rest of the groups."""
-    rows: list[dict[str, object]] = []
-    tables = [(gm.by_group(), ("tpr", "fpr", "support"))]
+    tables = [(gm.rate_arrays(), ("tpr", "fpr", "support"))]
     if len(gm.groups) > 1:
-        tables.append((gm.difference_vs_rest(), ("eod", "aod")))
-    for table, metrics in tables:
-        for rec in table.to_dict("records"):
-            rows += [{"site": site, "group_kind": kind, "group": rec["group"], "metric": m,
-                      "class": rec["class"], "value": rec[m]} for m in metrics]
-    return rows
+        tables.append((gm.vs_rest_arrays(), ("eod", "aod")))
+    c = len(gm.class_names)
+    groups = np.repeat(np.array(gm.groups, dtype=object), c)
+    classes = np.tile(np.array(gm.class_names, dtype=object), len(gm.groups))
+    for arrays, metrics in tables:
+        k = len(metrics)
+        # Record-major, metric-minor: the order of one row per (group, class, metric).
+        out.add(np.stack([arrays[m] for m in metrics], axis=1).ravel(), site=site, group_kind=kind,
+                group=np.repeat(groups, k), metric=np.tile(np.array(metrics, dtype=object), len(groups)),
+                class_=np.repeat(classes, k))
 
 
 def rows_from_counts(
@@ -97,25 +113,23 @@ def rows_from_counts(
         same for subgroups and for sites as groups; and the across-site summary
         ``f1_mean``, ``f1_sd``, ``f1_worst``.
     """
-    rows: list[dict[str, object]] = []
+    out = _Columns()
     kinds = [k for k in GROUP_KINDS[1:] if k != label_kind]
     for sc in sorted(sites, key=lambda s: s.site):
-        rows += _f1_rows(sc.site, sc.total(), classes)
+        _f1_rows(out, sc.site, sc.total(), classes)
         for kind in kinds:
             groups = {g: cm for (k, g), cm in sc.counts.items() if k == kind}
             if groups:
-                rows += _fairness_rows(sc.site, kind, GroupMetrics(groups, classes))
+                _fairness_rows(out, sc.site, kind, GroupMetrics(groups, classes))
     pooled = aggregate_counts(sites)
     for kind in ("site", *kinds):
         groups = {g: cm for (k, g), cm in pooled.items() if k == kind}
         if groups:
-            rows += _fairness_rows(ALL_SITES, kind, GroupMetrics(groups, classes))
-    f1 = {sc.site: macro_f1(sc.total()) for sc in sites}
-    summary = site_summary(f1)
-    for name in ("mean", "sd", "worst"):
-        rows.append({"site": ALL_SITES, "group_kind": "site", "group": ALL_SITES,
-                     "metric": f"f1_{name}", "class": "macro", "value": summary[name]})
-    return _frame(key, rows)
+            _fairness_rows(out, ALL_SITES, kind, GroupMetrics(groups, classes))
+    summary = site_summary({sc.site: macro_f1(sc.total()) for sc in sites})
+    out.add([summary[n] for n in ("mean", "sd", "worst")], site=ALL_SITES, group_kind="site",
+            group=ALL_SITES, metric=["f1_mean", "f1_sd", "f1_worst"], class_="macro")
+    return out.frame(key)
 
 
 def final_round(history: pd.DataFrame) -> pd.DataFrame:

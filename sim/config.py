@@ -7,6 +7,7 @@ fills, and an unknown or mistyped key is one error that names the file and the k
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -62,6 +63,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    """A dataclass's resolved type hints and fields (resolving hints compiles source: cache it)."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
 def build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     """Fill the dataclass ``cls`` from a mapping, rejecting unknown keys.
 
@@ -84,8 +91,7 @@ def build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     ConfigError
         For an unknown key, a missing required key or a value of the wrong type.
     """
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints, fields = _schema(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; expected one of {sorted(fields)}")
