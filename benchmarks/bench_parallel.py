@@ -6,7 +6,7 @@ full 3 × 3 × 3 search at fewer epochs) on a synthetic store, run with one proc
 must write identical metrics. The speed-up is what the whole paper grid gains with
 ``fedmammo pooled --jobs 0`` (`bench_grid.py` estimates it serially).
 
-    python benchmarks/bench_parallel.py [--scale 0.15] [--repeats 2]
+    python benchmarks/bench_parallel.py [--scale 0.25] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def experiment_toml(store: Path, scale: float) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results with a ``markdown`` section."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scale", type=float, default=0.15)
+    parser.add_argument("--scale", type=float, default=0.25)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
