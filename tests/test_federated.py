@@ -167,6 +167,34 @@ def test_resume_reaches_the_same_final_parameters(store, tmp_path, sites, monkey
     pd.testing.assert_frame_equal(h, pd.read_parquet(tmp_path / "full" / "metrics.parquet"))
 
 
+def test_history_part_of_an_unfinished_checkpoint_is_ignored(store, tmp_path, sites, monkeypatch):
+    # A crash after round 3's history part is written but before its state lands: the
+    # resume continues from round 2 and must not count round 3's first attempt twice.
+    import server.app as server_app
+
+    full = run_inprocess(_settings(store, tmp_path / "full", sites, num_rounds=4))
+    original, calls = server_app.atomic_dir, []
+
+    def crash_on_third(folder, fill):
+        calls.append(folder)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated crash while checkpointing round 3")
+        return original(folder, fill)
+
+    monkeypatch.setattr(server_app, "atomic_dir", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=4))
+    assert (tmp_path / "part" / server_app.HISTORY_PARTS / "round-00003.parquet").is_file()
+    monkeypatch.setattr(server_app, "atomic_dir", original)
+    h = run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=4, resume=True))
+    pd.testing.assert_frame_equal(h, full)
+    # A fresh run in the same folder starts its history from scratch.
+    again = run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=2))
+    assert sorted(again["round"].dropna().unique()) == [1, 2]
+    parts = sorted(p.name for p in (tmp_path / "part" / server_app.HISTORY_PARTS).iterdir())
+    assert parts == ["round-00001.parquet", "round-00002.parquet"]
+
+
 @pytest.mark.slow
 def test_federated_unified_is_close_to_pooled_on_the_quick_config(tmp_path):
     from dataclasses import replace

@@ -75,6 +75,7 @@ def test_capability_flag_is_declared_not_inherited() -> None:
     unified = get_method("unified")
     assert ls.supports_lockstep(unified)
     assert ls.supports_lockstep(get_method("groupdro"))
+    assert ls.supports_lockstep(get_method("moe"))
     sub = type("Sub", (unified,), {})  # e.g. a probe with an extra loss term
     assert not ls.supports_lockstep(sub)
     assert not ls.supports_lockstep(get_method("dann"))
