@@ -132,6 +132,19 @@ def rows_from_counts(
     return out.frame(key)
 
 
+def site_rows(key: RunKey, rows: Sequence[dict[str, object]]) -> pd.DataFrame:
+    """History rows of per-site scalars given as ``site``, ``metric``, ``value`` dicts.
+
+    Train losses, missing sites and strategy state: the group is the site, the class ``all``.
+    """
+    out = _Columns()
+    if rows:
+        sites = [r["site"] for r in rows]
+        out.add([float(r["value"]) for r in rows], site=sites, group_kind="site", group=sites,
+                metric=[r["metric"] for r in rows], class_="all")
+    return out.frame(key)
+
+
 def final_round(history: pd.DataFrame) -> pd.DataFrame:
     """Rows of each (FM, task, method)'s last round: the federated model's result."""
     last = history.groupby(["fm", "task", "method"])["round"].transform("max")

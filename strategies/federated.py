@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from client.payload import decode_counts
 from client.schema import task_classes
-from server.history import ALL_SITES, RunKey, rows_from_counts
+from server.history import ALL_SITES, RunKey, rows_from_counts, site_rows
 from sim.config import build
 from strategies.base import MethodConfig, get_method
 
@@ -257,22 +257,11 @@ class FedMammoStrategy(FedAvg):
         extra = self._pending_rows + [
             {"site": s, "metric": "eval_missing", "value": 1.0} for s in missing]
         extra.append({"site": ALL_SITES, "metric": "n_missing", "value": float(len(missing))})
-        self.history.extend([f for f in (frame, _extra_frame(key, extra)) if f is not None])
+        self.history.extend([f for f in (frame, site_rows(key, extra)) if f is not None])
         self._pending_rows = []
         if self.on_round_end is not None:
             self.on_round_end(rnd)
-        f1 = frame[(frame.metric == "f1_mean")]["value"] if frame is not None else pd.Series([np.nan])
-        return MetricRecord({"f1-mean": float(f1.iloc[0]), "n-missing": len(missing)})
-
-
-def _extra_frame(key: RunKey, rows: list[dict[str, object]]) -> pd.DataFrame:
-    """History rows of train losses, missing sites and strategy state."""
-    from server.history import METRIC_COLUMNS
-
-    df = pd.DataFrame(rows, columns=["site", "metric", "value"])
-    df = df.assign(group_kind="site", group=df["site"], **{"class": "all"})
-    for name in ("mode", "fm", "task", "method", "trained_on"):
-        df[name] = getattr(key, name)
-    df["round"] = pd.array([key.round] * len(df), dtype="Int64")
-    df["value"] = df["value"].astype(np.float64)
-    return df.loc[:, list(METRIC_COLUMNS)]
+        f1 = np.nan
+        if frame is not None:
+            f1 = float(frame["value"].to_numpy()[frame["metric"].to_numpy() == "f1_mean"][0])
+        return MetricRecord({"f1-mean": f1, "n-missing": len(missing)})
