@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     sim_.add_argument("--rounds", type=int, help="override [federated] rounds")
     sim_.add_argument("--resume", action="store_true", help="continue runs from their checkpoints")
     sim_.add_argument("--ray-address", help="existing Ray cluster to attach to (HOST:PORT; implies ray)")
+    sim_.add_argument("--jobs", type=int, default=1, metavar="N",
+                      help="in-process runs on N processes (0: every core; default 1)")
     cmp_ = sub.add_parser("compare", help="federated vs pooled, per method × FM × task")
     cmp_.add_argument("--pooled", required=True, type=Path)
     cmp_.add_argument("--federated", required=True, type=Path)
@@ -96,7 +98,7 @@ def _simulate(args: argparse.Namespace, quiet: bool) -> None:
         os.environ["RAY_ADDRESS"] = args.ray_address  # `run_ray` hands it to ray.init via Flower
         args.engine = "ray"
     history = run_federated_experiment(_experiment(args), args.out, args.engine, args.resume,
-                                       show_progress=not quiet)
+                                       show_progress=not quiet, workers=getattr(args, "jobs", 1))
     console.print(Markdown((args.out / "table3.md").read_text()))
     gone = missing_sites(history)
     if len(gone):

@@ -1,4 +1,4 @@
-"""The pooled study's models trained by several worker processes (``fedmammo pooled --jobs``).
+"""Independent runs on several worker processes (``fedmammo pooled/simulate --jobs``).
 
 Each model of the grid (`sim.pooled.jobs` of every FM × task) is independent, and one
 model's training is a single-threaded chain of small steps (`strategies.core`): threads
@@ -6,15 +6,18 @@ inside one model buy little on a few cores, separate models scale with them. Wor
 spawned processes (fork would copy the parent's torch thread pools); each loads an
 (FM, task)'s arrays once and keeps them for the models that follow. Results come back in
 the serial order, so a run with N workers writes the same tables as a run with one.
+In-process federations (`sim.simulate`) are independent in the same way, one per worker.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import torch
@@ -25,6 +28,8 @@ from sim.experiment import Experiment
 from sim.pooled import jobs, load_tasks, n_domains, train_job
 
 Unit = tuple[str, str, int]  # (fm, task, index into the task's jobs)
+T = TypeVar("T")
+R = TypeVar("R")
 
 _CACHE: dict[tuple[str, str], tuple[dict[str, SiteTask], int]] = {}
 
@@ -96,9 +101,20 @@ def run_parallel(
         History frames and hyperparameter rows, in the order a serial run produces them.
     """
     units = [(fm, task, i) for fm, task, n in plan for i in range(n)]
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-        futures: list[Future] = [pool.submit(_run_unit, store, exp, u) for u in units]
-        for unit, future in zip(units, futures, strict=True):
-            future.add_done_callback(lambda _f, u=unit: done(u[0], u[1]))
-        results = [f.result() for f in futures]
+    results = map_ordered(partial(_run_unit, store, exp), units, workers, lambda u: done(u[0], u[1]))
     return [r[0] for r in results], [r[1] for r in results]
+
+
+def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int,
+                done: Callable[[T], None] = lambda _i: None) -> list[R]:
+    """``[fn(i) for i in items]`` on ``workers`` spawned processes, results in ``items`` order.
+
+    ``fn`` and the items must pickle (module-level functions, dataclasses); ``done`` is
+    called with each item as it finishes. The first failure is raised, after the pool
+    has stopped.
+    """
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+        futures: list[Future] = [pool.submit(fn, item) for item in items]
+        for item, future in zip(items, futures, strict=True):
+            future.add_done_callback(lambda _f, i=item: done(i))
+        return [f.result() for f in futures]

@@ -16,6 +16,7 @@ from server.history import ALL_SITES, final_round
 from server.tables import LEGEND, table3_cells, table3_markdown
 from sim.experiment import Experiment
 from sim.federated import ENGINES
+from sim.parallel import map_ordered, resolve_workers
 from sim.runner import ensure_store, progress_bar
 from strategies.base import get_method
 
@@ -38,7 +39,8 @@ def settings_for(exp: Experiment, store: Path, out: Path, fm: str, task: str, me
 
 
 def run_federated_experiment(exp: Experiment, out: str | Path, engine: str | None = None,
-                             resume: bool = False, show_progress: bool = True) -> pd.DataFrame:
+                             resume: bool = False, show_progress: bool = True,
+                             workers: int = 1) -> pd.DataFrame:
     """Run the experiment's federations; write ``metrics.parquet`` and ``table3.md``.
 
     Parameters
@@ -53,6 +55,9 @@ def run_federated_experiment(exp: Experiment, out: str | Path, engine: str | Non
         Continue runs from their checkpoints.
     show_progress : bool
         Show a progress bar.
+    workers : int
+        In-process runs on that many worker processes (`sim.parallel`; 0 = one per core),
+        with the same results; the Ray engine spreads each run's clients itself.
 
     Returns
     -------
@@ -62,15 +67,20 @@ def run_federated_experiment(exp: Experiment, out: str | Path, engine: str | Non
     out = Path(out)
     torch.set_num_threads(1)
     store = ensure_store(exp, out, show_progress)
-    run = ENGINES[engine or exp.federated.engine]
-    frames = []
-    jobs = [(fm, t, m) for fm in exp.study.fms for t in exp.study.tasks for m in exp.federated_methods]
+    engine = engine or exp.federated.engine
+    run, workers = ENGINES[engine], resolve_workers(workers) if engine == "inprocess" else 1
+    jobs = [settings_for(exp, store, out, fm, t, m, resume)
+            for fm in exp.study.fms for t in exp.study.tasks for m in exp.federated_methods]
     with progress_bar(show_progress) as progress:
         bar = progress.add_task("federated runs", total=len(jobs))
-        for fm, task, method in jobs:
-            progress.update(bar, description=f"{fm} · {task} · {method}")
-            frames.append(run(settings_for(exp, store, out, fm, task, method, resume)))
-            progress.advance(bar)
+        if workers > 1:
+            frames = map_ordered(run, jobs, workers, lambda _s: progress.advance(bar))
+        else:
+            frames = []
+            for s in jobs:
+                progress.update(bar, description=f"{s.fm} · {s.task} · {s.method}")
+                frames.append(run(s))
+                progress.advance(bar)
     history = pd.concat(frames, ignore_index=True)
     labels = {m: get_method(m).label for m in exp.federated_methods}
     last = final_round(history)

@@ -48,6 +48,16 @@ def results(tmp_path_factory):
     return root, report, pooled, federated
 
 
+def test_parallel_federations_write_the_serial_history(results, tmp_path):
+    # Four in-process federations on two spawned workers: the same rows, in job order.
+    root, _, _, federated = results
+    exp = load_experiment(root / "exp.toml")
+    exp = replace(exp, data=replace(exp.data, store=str(root / "pooled" / "store")))
+    parallel = run_federated_experiment(exp, tmp_path / "f", show_progress=False, workers=2)
+    pd.testing.assert_frame_equal(parallel, federated)
+    assert (tmp_path / "f" / "table3.md").read_text() == (root / "federated" / "table3.md").read_text()
+
+
 def _table3_csv(root) -> pd.DataFrame:
     table = pd.read_csv(root / "report" / "tables" / "table3_density.csv")
     return table.assign(marks=table["marks"].fillna(""))  # CSV cannot tell "" from missing

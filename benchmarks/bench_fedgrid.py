@@ -1,0 +1,113 @@
+"""The whole federated grid of paper.toml (5 FMs × 2 tasks × all methods × 50 rounds), estimated.
+
+Per method, at Table-2 scale on the density task, the in-process engine's marginal round
+(a 3-round run minus a 1-round run) and its fixed cost (the 1-round run minus one round),
+measured for a 2048-wide FM (mammoclip; stands for gloria too) and a 512-wide one
+(medclip; stands for clip and dinov2, which are narrower). A run of R rounds costs
+fixed + R × round; the grid is the sum over FMs, both tasks and the methods, on one
+process. Baseline, in the same run: the serial sum; against it, the grid's wall time with
+one in-process federation per core (`fedmammo simulate --jobs 0`), using the speed-up
+measured here on the 512-wide FM's 3-round runs (serial vs one worker per core).
+
+    python benchmarks/bench_fedgrid.py [--rounds 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import tomllib
+import torch
+from common import emit
+
+from sim.experiment import Experiment, load_experiment
+from sim.federated import run_inprocess
+from sim.parallel import map_ordered, resolve_workers
+from sim.runner import write_synthetic_store
+from sim.simulate import settings_for
+from sim.sites import load_sites
+
+PAPER = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "paper.toml"
+#: Which measured FM stands for each paper FM (by feature width).
+PROXY = {"mammoclip": "mammoclip", "gloria": "mammoclip", "medclip": "medclip", "clip": "medclip",
+         "dinov2": "medclip"}
+
+
+def timed_run(exp: Experiment, store: Path, out: Path, fm: str, method: str, rounds: int) -> float:
+    """Seconds of one in-process federation of ``rounds`` rounds."""
+    s = replace(settings_for(exp, store, out, fm, "density", method), num_rounds=rounds)
+    t0 = time.perf_counter()
+    run_inprocess(s)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns the results with a ``markdown`` section."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    paper = tomllib.loads(PAPER.read_text())
+    exp = load_experiment(PAPER)
+    methods, per = list(exp.federated_methods), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_synthetic_store(root / "store", load_sites(), ["mammoclip", "medclip"], args.scale, 0, False)
+        exp = replace(exp, data=replace(exp.data, store=str(root / "store")))
+        for fm in ("mammoclip", "medclip"):
+            for m in methods:
+                one = timed_run(exp, root / "store", root / f"a-{fm}", fm, m, 1)
+                three = timed_run(exp, root / "store", root / f"b-{fm}", fm, m, 3)
+                per[fm, m] = {"round_s": (three - one) / 2, "fixed_s": one - (three - one) / 2}
+        jobs = [replace(settings_for(exp, root / "store", root / "p", "medclip", "density", m), num_rounds=3)
+                for m in methods]
+        t0 = time.perf_counter()
+        for s in jobs:
+            run_inprocess(replace(s, out=s.out + "-serial"))
+        serial_s = time.perf_counter() - t0
+        workers = resolve_workers(0)
+        t0 = time.perf_counter()
+        map_ordered(run_inprocess, jobs, workers)
+        speedup = serial_s / (time.perf_counter() - t0)
+    runs = {m: sum(per[PROXY[fm], m]["fixed_s"] + args.rounds * per[PROXY[fm], m]["round_s"]
+                   for fm in paper["study"]["fms"]) * len(paper["study"]["tasks"]) for m in methods}
+    total = sum(runs.values())
+    out = {"bench": "fedgrid", "rounds": args.rounds, "local_epochs": exp.federated.local_epochs,
+           "per_method": {f"{fm}/{m}": v for (fm, m), v in per.items()}, "grid_by_method_s": runs,
+           "grid_serial_min": total / 60, "workers": workers, "parallel_speedup": speedup,
+           "grid_parallel_min": total / 60 / speedup}
+    out["markdown"] = markdown(out, methods)
+    return emit(out, args.json)
+
+
+def markdown(r: dict, methods: list[str]) -> str:
+    """The BENCHMARKS.md section."""
+    lines = ["## Federated grid, estimated (`bench_fedgrid.py`)", "",
+             f"paper.toml's federated runs: 5 FMs × 2 tasks × {len(methods)} methods × {r['rounds']} rounds "
+             f"of {r['local_epochs']} local epochs at every site (batch 32), in process, Table-2 scale. "
+             "Per method: marginal round and fixed cost measured on a 2048-wide (mammoclip) and a "
+             "512-wide (medclip) FM, density task, one thread.", "",
+             "| method | s / round, 2048-wide | s / round, 512-wide | grid minutes (serial) |",
+             "|---|---|---|---|"]
+    for m in methods:
+        a, b = r["per_method"][f"mammoclip/{m}"], r["per_method"][f"medclip/{m}"]
+        grid = r["grid_by_method_s"][m] / 60
+        lines.append(f"| {m} | {a['round_s']:.2f} | {b['round_s']:.2f} | {grid:.1f} |")
+    lines += ["", "| what | minutes | ratio |", "|---|---|---|",
+              f"| whole federated grid, one process (baseline) | {r['grid_serial_min']:.0f} | 1.0 |",
+              f"| with `simulate --jobs 0` ({r['workers']} workers; speed-up measured on the 512-wide "
+              f"runs: {r['parallel_speedup']:.2f}×) | {r['grid_parallel_min']:.0f} | "
+              f"{r['parallel_speedup']:.2f}× faster |", "",
+              "Target: ≤ 30 minutes on 2 cores.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
