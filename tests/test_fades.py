@@ -195,3 +195,20 @@ def test_fairness_gradient_reaches_latents_not_heads() -> None:
     assert z.grad is not None and float(z.grad.abs().sum()) > 0
     heads = [*model.head_y.parameters(), *model.head_s.parameters()]
     assert all(p.grad is None for p in heads)
+
+
+def test_split_first_layer_equals_the_head_on_the_pair_grid() -> None:
+    # The fast path splits the head's first layer over the concatenation; the oracle
+    # runs the head module itself on every explicit pair [z_a[i], z_r[j]].
+    from strategies.fades import frozen_pair_probs, mlp, pair_grid
+
+    torch.manual_seed(0)
+    head = mlp([10, 16, 8, 3])
+    z_a, z_r = torch.randn(7, 4, requires_grad=True), torch.randn(7, 6, requires_grad=True)
+    fast = frozen_pair_probs(head, z_a, z_r)
+    with torch.no_grad():
+        ref = head(pair_grid(z_a, z_r)).softmax(-1)
+    torch.testing.assert_close(fast, ref, atol=1e-6, rtol=1e-5)
+    fast.pow(2).sum().backward()
+    assert z_a.grad is not None and z_r.grad is not None
+    assert all(p.grad is None for p in head.parameters())
