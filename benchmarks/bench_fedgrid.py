@@ -19,18 +19,15 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import tomllib
 import torch
 from common import emit
+from fedgrid_model import makespan, run_seconds
 
-from client.app import _local
-from server.app import FederatedSettings
 from sim.experiment import Experiment, load_experiment
-from sim.federated import run_inprocess
 from sim.parallel import map_ordered, resolve_workers
 from sim.runner import write_synthetic_store
 from sim.simulate import settings_for
@@ -45,22 +42,6 @@ PROXY = {"mammoclip": "mammoclip", "gloria": "mammoclip", "medclip": "medclip", 
 def timed_run(exp: Experiment, store: Path, out: Path, fm: str, method: str, rounds: int) -> float:
     """Seconds of one in-process federation of ``rounds`` rounds, its site data loaded afresh."""
     return run_seconds(replace(settings_for(exp, store, out, fm, "density", method), num_rounds=rounds))
-
-
-def run_seconds(s: FederatedSettings) -> float:
-    """Seconds of `run_inprocess` on ``s`` (module level: worker processes run it too)."""
-    _local.cache_clear()  # every run pays its own data loading, as a fresh process would
-    t0 = time.perf_counter()
-    run_inprocess(s)
-    return time.perf_counter() - t0
-
-
-def makespan(times: list[float], workers: int) -> float:
-    """Wall time of independent jobs dealt longest first to the least-loaded worker."""
-    loads = [0.0] * workers
-    for t in sorted(times, reverse=True):
-        loads[loads.index(min(loads))] += t
-    return max(loads)
 
 
 def main(argv: list[str] | None = None) -> dict:
