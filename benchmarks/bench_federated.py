@@ -28,7 +28,7 @@ from client.app import _label_loss
 from client.evaluation import site_counts
 from client.feature_store import read_entry
 from client.local import site_task
-from server.app import HISTORY_PARTS, FederatedSettings
+from server.app import FederatedSettings, history_parts
 from sim.federated import run_inprocess
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
@@ -88,7 +88,7 @@ def ray_seconds(store: str, out: str, rounds: int) -> float | None:
 
 def round_gap(out: Path) -> float:
     """Median seconds between consecutive rounds' checkpoint-history writes of a run in ``out``."""
-    stamps = sorted(p.stat().st_mtime for p in (out / HISTORY_PARTS).glob("round-*.parquet"))
+    stamps = sorted(p.stat().st_mtime for p in history_parts(out))
     return statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
 
 

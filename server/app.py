@@ -87,6 +87,16 @@ def initial_arrays(plan: FederationPlan, dim: int) -> ArrayRecord:
     return ArrayRecord(build_model(cfg, dim).state_dict())
 
 
+def history_parts(out: Path) -> list[Path]:
+    """The per-round history files of the run in ``out``, in round order."""
+    return sorted((out / HISTORY_PARTS).glob("round-*.parquet"))
+
+
+def part_round(part: Path) -> int:
+    """The round a `history_parts` file holds (``round-00007.parquet`` → 7)."""
+    return int(part.stem.split("-")[1])
+
+
 class Checkpointer:
     """Writes parameters, strategy state and the round's new history after every round.
 
@@ -105,8 +115,8 @@ class Checkpointer:
 
     def start(self, done: int) -> None:
         """Drop part files of rounds after ``done`` (a fresh run: all of them)."""
-        for part in sorted(self.parts.glob("round-*.parquet")) if self.parts.is_dir() else []:
-            if int(part.stem.split("-")[1]) > done:
+        for part in history_parts(self.parts.parent):
+            if part_round(part) > done:
                 part.unlink()
         self.saved = len(self.strategy.history)
 
@@ -134,8 +144,7 @@ def restore(out: Path, strategy: FedMammoStrategy) -> tuple[int, ArrayRecord]:
     state = json.loads((folder / "state.json").read_text())
     done = int(state["round"])
     strategy.load_state_dict(state["strategy"])
-    parts = sorted((out / HISTORY_PARTS).glob("round-*.parquet"))
-    strategy.history = [pd.read_parquet(p) for p in parts if int(p.stem.split("-")[1]) <= done]
+    strategy.history = [pd.read_parquet(p) for p in history_parts(out) if part_round(p) <= done]
     with np.load(folder / "arrays.npz") as npz:
         arrays = ArrayRecord({k: Array(npz[k]) for k in npz.files})
     return done, arrays
