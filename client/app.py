@@ -22,11 +22,11 @@ from client.evaluation import site_counts
 from client.extract import node_store
 from client.feature_store import read_entry
 from client.local import SiteTask, site_task
-from client.payload import encode_counts
+from client.payload import encode_counts, record_tensors
 from client.privacy import clip_if_requested
 from client.schema import SENSITIVE_SIZES, task_classes
 from sim.config import build
-from strategies.base import Method, TaskSpec, get_method, weighted_cross_entropy
+from strategies.base import Method, TaskSpec, get_method, seed_torch, weighted_cross_entropy
 from strategies.core import HParams, fit_epochs, fit_steps, predict
 
 app = ClientApp()
@@ -92,7 +92,7 @@ def _received(msg: Message, context: Context) -> tuple[ConfigRecord, str, SiteTa
     if data is None:
         raise ValueError(f"site {site} has no labelled rows for task {cfg['task']}")
     model = build_model(cfg, data.train.x.shape[1])
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(record_tensors(msg.content["arrays"]))
     return cfg, site, data, model
 
 
@@ -116,7 +116,7 @@ def train(msg: Message, context: Context) -> Message:
     global_loss = _label_loss(model, data)
     model.configure_optimizer(float(cfg["lr"]))
     hp = HParams(int(cfg["batch-size"]), float(cfg["lr"]), int(cfg["local-epochs"]))
-    torch.manual_seed(_seed(cfg, site))
+    seed_torch(_seed(cfg, site))
     span = {"start": float(cfg["progress-start"]), "end": float(cfg["progress-end"])}
     if int(cfg.get("local-steps", 0)) > 0:
         fit_steps(model, data.train, hp, int(cfg["local-steps"]), _seed(cfg, site), **span)

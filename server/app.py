@@ -13,19 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from client.app import build_model
 from client.atomic import atomic_dir, write_parquet
+from client.payload import array_numpy
 from server.privacy import privatize
-from strategies.base import get_method
+from strategies.base import get_method, seed_torch
 from strategies.core import class_weights
 from strategies.federated import FederatedSettings, FederationPlan, FedMammoStrategy  # noqa: F401 - re-export
 
@@ -80,7 +81,7 @@ def make_plan(s: FederatedSettings, infos: dict[int, ConfigRecord]) -> tuple[Fed
 def initial_arrays(plan: FederationPlan, dim: int) -> ArrayRecord:
     """The method's freshly initialised model (seeded), as the round-1 global model."""
     s = plan.settings
-    torch.manual_seed(s.seed)
+    seed_torch(s.seed)
     cfg = ConfigRecord({"method": s.method, "task": s.task, "n-domains": len(plan.domains),
                         "class-weights": list(plan.class_weights),
                         "method-config": json.dumps(s.method_overrides)})
@@ -105,6 +106,11 @@ class Checkpointer:
     small checkpoint folder (arrays, state, round) is swapped in; a resume reads the
     parts up to the checkpoint's round. A checkpoint thus costs the same at round 50 as
     at round 1.
+
+    The files are written on a background thread while the next round runs (the server
+    would otherwise wait on them between rounds). Everything a write needs is captured
+    when the round ends; one write is in flight at a time, and its error surfaces at the
+    next checkpoint or at `close`, which the run calls before it writes its results.
     """
 
     def __init__(self, out: Path, strategy: FedMammoStrategy) -> None:
@@ -112,6 +118,8 @@ class Checkpointer:
         self.parts = out / HISTORY_PARTS
         self.strategy = strategy
         self.saved = 0  # history frames already in a part file
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedmammo-checkpoint")
+        self._pending: Future[None] | None = None
 
     def start(self, done: int) -> None:
         """Drop part files of rounds after ``done`` (a fresh run: all of them)."""
@@ -124,16 +132,33 @@ class Checkpointer:
         """Save the state reached after ``server_round`` (one atomic folder swap)."""
         arrays = self.strategy.current_arrays
         new = self.strategy.history[self.saved:]
+        self.saved = len(self.strategy.history)
+        state = json.dumps({"round": server_round, "strategy": self.strategy.state_dict()})
+        self.wait()
+        self._pending = self._pool.submit(self._write, server_round, new, arrays, state)
+
+    def _write(self, server_round: int, new: list[pd.DataFrame], arrays: ArrayRecord, state: str) -> None:
         if new:
             write_parquet(self.parts / f"round-{server_round:05d}.parquet", pd.concat(new, ignore_index=True))
-        self.saved = len(self.strategy.history)
 
         def fill(tmp: Path) -> None:
-            np.savez(tmp / "arrays.npz", **{k: v.numpy() for k, v in arrays.items()})
-            state = {"round": server_round, "strategy": self.strategy.state_dict()}
-            (tmp / "state.json").write_text(json.dumps(state))
+            np.savez(tmp / "arrays.npz", **{k: array_numpy(v) for k, v in arrays.items()})
+            (tmp / "state.json").write_text(state)
 
         atomic_dir(self.folder, fill)
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is done; re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the last write and stop the writer thread."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
 
 
 def restore(out: Path, strategy: FedMammoStrategy) -> tuple[int, ArrayRecord]:
@@ -177,9 +202,12 @@ def run_server(grid: Grid, s: FederatedSettings) -> pd.DataFrame:
         plan.round_offset = done
     checkpoint.start(done)
     strategy.current_arrays = arrays
-    if s.num_rounds > done:
-        privatize(strategy, s).start(grid=grid, initial_arrays=arrays, num_rounds=s.num_rounds - done,
-                                     timeout=s.timeout)
+    try:
+        if s.num_rounds > done:
+            privatize(strategy, s).start(grid=grid, initial_arrays=arrays, num_rounds=s.num_rounds - done,
+                                         timeout=s.timeout)
+    finally:
+        checkpoint.close()
     history = pd.concat(strategy.history, ignore_index=True)
     write_parquet(out / "metrics.parquet", history)
     final = strategy.current_arrays

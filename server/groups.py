@@ -101,11 +101,13 @@ class GroupMetrics:
 
     def rate_arrays(self) -> dict[str, np.ndarray]:
         """`by_group`'s value columns as arrays, rows in (group, class) order (no frame)."""
-        cms = list(self.counts.values())
-        return {"support": np.concatenate([cm.sum(axis=1) for cm in cms]),
-                "tpr": np.concatenate([_tpr_all(cm) for cm in cms]),
-                "fpr": np.concatenate([_fpr_all(cm) for cm in cms]),
-                "f1": np.concatenate([f1_per_class(cm) for cm in cms])}
+        cms = self.stacked()
+        return {"support": cms.sum(axis=-1).ravel(), "tpr": _tpr_all(cms).ravel(),
+                "fpr": _fpr_all(cms).ravel(), "f1": f1_per_class(cms).ravel()}
+
+    def stacked(self) -> np.ndarray:
+        """The groups' counts as one (G, C, C) array, groups in sorted order."""
+        return np.stack(list(self.counts.values()))
 
     def _per_group_class(self, **columns: np.ndarray) -> pd.DataFrame:
         """One frame with ``group, class`` and ``columns`` (built once: runs every round)."""
@@ -137,13 +139,11 @@ class GroupMetrics:
 
     def vs_rest_arrays(self) -> dict[str, np.ndarray]:
         """`difference_vs_rest`'s value columns as arrays, rows in (group, class) order."""
-        total = self.overall
-        eod, aod = [], []
-        for cm in self.counts.values():
-            rest = total - cm
-            eod.append(_tpr_all(cm) - _tpr_all(rest))
-            aod.append(eod[-1] + (_fpr_all(cm) - _fpr_all(rest)))
-        return {"eod": np.concatenate(eod), "aod": np.concatenate(aod)}
+        cms = self.stacked()
+        rest = cms.sum(axis=0) - cms
+        eod = _tpr_all(cms) - _tpr_all(rest)
+        aod = eod + (_fpr_all(cms) - _fpr_all(rest))
+        return {"eod": eod.ravel(), "aod": aod.ravel()}
 
     def max_gap(self) -> pd.DataFrame:
         """Return, per class, the largest pairwise EOD and AOD over the groups.

@@ -43,26 +43,29 @@ class _Columns:
     """History rows gathered column-wise: one frame at the end instead of a dict per row."""
 
     def __init__(self) -> None:
-        self.parts: dict[str, list[np.ndarray]] = {f: [] for f in _FIELDS}
+        self.values: list[np.ndarray] = []
+        # Labels as flat Python lists: a scalar label repeats by list multiplication,
+        # cheaper than an array per call (a round adds a few hundred small blocks).
+        self.labels: dict[str, list[object]] = {f: [] for f in _FIELDS[:-1]}
 
     def add(self, value: np.ndarray | float, **labels: object) -> None:
         """Rows of ``value`` (one per element); each label is a scalar or an array as long."""
         values = np.atleast_1d(np.asarray(value, dtype=np.float64))
-        self.parts["value"].append(values)
-        for name in _FIELDS[:-1]:
+        self.values.append(values)
+        for name, column in self.labels.items():
             label = labels["class_" if name == "class" else name]
-            self.parts[name].append(np.full(values.size, label, dtype=object) if np.isscalar(label)
-                                    else np.asarray(label, dtype=object))
+            column.extend([label] * values.size if np.isscalar(label) else label)
 
     def frame(self, key: RunKey) -> pd.DataFrame:
         """The rows with the run's key columns, in `METRIC_COLUMNS` order."""
-        cols = {f: np.concatenate(v) if v else np.zeros(0, dtype=object) for f, v in self.parts.items()}
-        n = cols["value"].size
+        value = np.concatenate(self.values) if self.values else np.zeros(0)
+        n = value.size
         data = {name: np.full(n, getattr(key, name), dtype=object)
                 for name in ("mode", "fm", "task", "method", "trained_on")}
-        data |= {f: cols[f] for f in _FIELDS[:-1]}
+        data |= {f: np.array(column, dtype=object) if column else np.zeros(0, dtype=object)
+                 for f, column in self.labels.items()}
         data["round"] = pd.array([key.round] * n, dtype="Int64")
-        data["value"] = cols["value"].astype(np.float64)
+        data["value"] = value
         return pd.DataFrame({c: data[c] for c in METRIC_COLUMNS})
 
 

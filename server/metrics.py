@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 
 def _as_cm(cm: np.ndarray) -> np.ndarray:
+    """``cm`` as an array of (C, C) counts, or a stack of them (..., C, C), validated."""
     arr = np.asarray(cm)
-    if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+    if arr.ndim < 2 or arr.shape[-2] != arr.shape[-1]:
         raise ValueError(f"confusion matrix must be square (C, C), got shape {arr.shape}")
     if (arr < 0).any():
         raise ValueError("confusion matrix has negative counts")
@@ -40,15 +41,21 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+def _diag(cm: np.ndarray) -> np.ndarray:
+    return np.diagonal(cm, axis1=-2, axis2=-1)
+
+
+# The rate helpers take one matrix or a stack (G, C, C): a round's history evaluates
+# every group of every site, so one call per stack replaces one per group.
 def _tpr_all(cm: np.ndarray) -> np.ndarray:
     cm = _as_cm(cm)
-    return _ratio(np.diag(cm), cm.sum(axis=1))
+    return _ratio(_diag(cm), cm.sum(axis=-1))
 
 
 def _fpr_all(cm: np.ndarray) -> np.ndarray:
     cm = _as_cm(cm)
-    support = cm.sum(axis=1)
-    return _ratio(cm.sum(axis=0) - np.diag(cm), cm.sum() - support)
+    support = cm.sum(axis=-1)
+    return _ratio(cm.sum(axis=-2) - _diag(cm), cm.sum(axis=(-2, -1))[..., None] - support)
 
 
 def f1_per_class(cm: np.ndarray) -> np.ndarray:
@@ -68,9 +75,9 @@ def f1_per_class(cm: np.ndarray) -> np.ndarray:
 
     """
     cm = _as_cm(cm)
-    tp = np.diag(cm).astype(float)
-    den = (cm.sum(axis=0) + cm.sum(axis=1)).astype(float)  # = 2 TP + FP + FN
-    out = np.zeros(cm.shape[0])
+    tp = _diag(cm).astype(float)
+    den = (cm.sum(axis=-2) + cm.sum(axis=-1)).astype(float)  # = 2 TP + FP + FN
+    out = np.zeros(den.shape)
     np.divide(2 * tp, den, out=out, where=den != 0)
     return out
 

@@ -17,7 +17,7 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
 from client.schema import SENSITIVE_SIZES
-from strategies.base import Batch, Method, MethodConfig, TaskSpec, get_method
+from strategies.base import Batch, Method, MethodConfig, TaskSpec, get_method, seed_torch
 
 PREDICT_CHUNK = 8192
 
@@ -152,7 +152,7 @@ def train(
     Method
         The trained model, in eval mode.
     """
-    torch.manual_seed(seed)
+    seed_torch(seed)
     model = get_method(method)(spec, config)
     model.configure_optimizer(hp.lr)
     fit_epochs(model, data, hp, seed)

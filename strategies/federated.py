@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from client.payload import decode_counts
+from client.payload import array_numpy, decode_counts
 from client.schema import task_classes
 from server.history import ALL_SITES, RunKey, rows_from_counts, site_rows
 from sim.config import build
@@ -201,7 +201,7 @@ class FedMammoStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Sample sites with a per-round seed and send each its own config."""
-        self.sent_arrays = {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
+        self.sent_arrays = {k: array_numpy(v) for k, v in arrays.items()}
         sites = self.plan.sites
         k = max(1, round(len(sites) * self.plan.settings.fraction_train))
         rng = random.Random(self.plan.settings.seed * 100_003 + self._round(server_round))
@@ -234,7 +234,7 @@ class FedMammoStrategy(FedAvg):
         sites = [s for s, _ in got]
         metrics = [m.content["metrics"] for _, m in got]
         self.observe_train(rnd, sites, metrics)
-        arrays = [{k: v.numpy() for k, v in m.content["arrays"].items()} for _, m in got]
+        arrays = [{k: array_numpy(v) for k, v in m.content["arrays"].items()} for _, m in got]
         merged = self.aggregate_arrays(sites, arrays, self.aggregation_weights(sites, metrics))
         rows += [{"site": s, "metric": "train_loss", "value": float(mr["train_loss"])}
                  for s, mr in zip(sites, metrics, strict=True)]
@@ -248,7 +248,7 @@ class FedMammoStrategy(FedAvg):
         """Turn the clients' counts into this round's fairness history."""
         rnd = self._round(server_round)
         got = self._valid_by_site(replies, is_train=False)
-        counts = [decode_counts(s, m.content["arrays"]["counts"].numpy()) for s, m in got]
+        counts = [decode_counts(s, array_numpy(m.content["arrays"]["counts"])) for s, m in got]
         p = self.plan
         s = p.settings
         key = RunKey("federated", s.fm, s.task, s.method, ALL_SITES, rnd)

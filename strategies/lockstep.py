@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from strategies.base import Method, MethodConfig, TaskSpec, get_method
+from strategies.base import Method, MethodConfig, TaskSpec, get_method, seed_torch
 from strategies.core import ArrayData, HParams, make_spec
 from strategies.lockstep_dro import DroSpec, DroState, dro_plan, dro_spec
 from strategies.lockstep_moe import MoeSpec, mixture, moe_grad, moe_plan, moe_spec
@@ -273,7 +273,7 @@ def accuracies(x: Tensor, y: Tensor, weights: Tensor, rows: list[np.ndarray],
 
 def _fold_init(method: type[Method], spec: TaskSpec, config: MethodConfig, seed: int) -> Tensor:
     """The probe ``train`` would start from: the method built right after seeding."""
-    torch.manual_seed(seed)
+    seed_torch(seed)
     return linear_weights(method(spec, config))
 
 
@@ -322,7 +322,7 @@ def train_model(
     method: str, data: ArrayData, spec: TaskSpec, config: MethodConfig, hp: HParams, seed: int,
 ) -> Method:
     """`strategies.core.train` for a lockstep-capable method, on the lean fused step."""
-    torch.manual_seed(seed)
+    seed_torch(seed)
     model = get_method(method)(spec, config)
     model.configure_optimizer(hp.lr)
     group = RunGroup([np.arange(len(data))], model.class_weights[None].clone(),

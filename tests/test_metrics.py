@@ -227,3 +227,21 @@ def test_group_metrics_from_aggregated_counts() -> None:
     assert GroupMetrics.from_counts(total, "density", ["A", "B", "C"]).groups == ["A", "B", "C"]
     with pytest.raises(ValueError, match="'age_band'"):
         GroupMetrics.from_counts(total, "age_band", ["A", "B", "C"])
+
+
+def test_rates_of_a_stack_equal_the_rates_of_each_matrix() -> None:
+    # The history evaluates a (groups, C, C) stack in one call; each slice must match
+    # the single-matrix result (sklearn's F1 oracle covers the single matrix above).
+    rng = np.random.default_rng(7)
+    stack = rng.integers(0, 6, size=(5, 4, 4))
+    stack[1, 2, :] = 0  # a class absent from truth: NaN TPR
+    stack[3] = 0  # an empty group: NaN rates, zero F1
+    for fn in (m._tpr_all, m._fpr_all, m.f1_per_class):
+        together = fn(stack)
+        for g in range(len(stack)):
+            np.testing.assert_array_equal(together[g], fn(stack[g]))
+    y = rng.integers(0, 4, 200)
+    p = rng.integers(0, 4, 200)
+    cm = confusion_counts(y, p, 4)
+    np.testing.assert_allclose(m.f1_per_class(np.stack([cm, cm]))[1],
+                               f1_score(y, p, labels=range(4), average=None, zero_division=0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 import pytest
 from flwr.app import Message
@@ -87,3 +88,21 @@ def test_payload_holds_no_identifier(runs):
         for site, kind, _group, payload in sent:
             leaked = [i for i in ids if i.encode() in payload]
             assert not leaked, f"{site} {kind} reply holds {leaked[:3]}"
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(8192, dtype=np.float32).reshape(4, 2048), np.arange(12).reshape(3, 4),
+    np.asfortranarray(np.arange(15.0).reshape(3, 5)), np.array(3.5), np.zeros((0, 3), np.float32),
+    np.arange(6.0).reshape(2, 3).astype(">f8"), np.arange(7, dtype=np.float16)])
+def test_fast_array_decoding_equals_flowers(array):
+    from flwr.app import Array
+
+    from client.payload import array_numpy
+
+    wire = Array(array)
+    ours, flowers = array_numpy(wire), wire.numpy()
+    assert ours.dtype == flowers.dtype and ours.shape == flowers.shape
+    np.testing.assert_array_equal(ours, flowers)
+    assert ours.flags.writeable  # a copy, like np.load's: callers may write into it
+    ours[...] = 0
+    np.testing.assert_array_equal(wire.numpy(), array)
