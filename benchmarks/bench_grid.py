@@ -145,11 +145,12 @@ def main(argv: list[str] | None = None) -> dict:
     steps, floor_s = step_floor(config, folds, len(data), ours.hparams.batch_size, data.x.shape[1], c, lean)
     flop_s = 6 * (data.x.shape[1] * c) * samples_seen(config, folds, len(data)) / (gflops * 1e9)
     upd: dict = {}
+    kern: dict = {}
     measured = {"unified": ours_s} | {
         m: timed(lambda m=m: fit(m, data, c, n_dom, get_method(m).config_cls()), 1)[0]
         for m in paper["study"]["methods"] if m != "unified" and ls.supports_lockstep(get_method(m))}
     methods = method_rows(paper["study"]["methods"], data, c, data.x.shape[1], gflops, lean, measured, folds,
-                          upd, {})
+                          upd, kern)
     out = {"bench": "grid", "fm": args.fm, "task": args.task, "n_train": len(data), "gemm_gflops": gflops,
            "baseline_s": base_s, "lockstep_s": ours_s, "speedup": base_s / ours_s,
            "sequential_steps": steps, "step_floor_s": floor_s, "ratio_to_floor": ours_s / floor_s,
@@ -159,34 +160,41 @@ def main(argv: list[str] | None = None) -> dict:
            "lockstep_f1": f1_score(test_y, predict(ours.model, test_x), average="macro"),
            "methods": methods, "repeats": args.repeats, "baseline_repeats": args.baseline_repeats}
     k = {r["method"]: r["seconds"] / r["floor_s"] for r in methods if r["path"].startswith("lockstep")}
-    out["grid"] = grid_estimate(paper, site_sizes, len(data), c, k, lean, upd)
+    out["grid"] = grid_estimate(paper, site_sizes, len(data), c, k, lean, upd, gflops, kern)
     out["markdown"] = grid_markdown(out)
     return emit(out, args.json)
 
 
 def grid_estimate(paper: dict, site_sizes: list[int], n: int, c: int, k: dict[str, float], lean: dict,
-                  upd: dict) -> dict:
-    """Estimated minutes of the whole paper.toml grid (5 FMs × 2 tasks × all rows).
+                  upd: dict, gflops: float, kern: dict) -> dict:
+    """Estimated minutes of the whole paper.toml grid (5 FMs × 2 tasks × all rows), and at its bound.
 
     Lockstep rows: their step floor × the ratio to the floor measured here (``k``);
     other methods: their per-config steps × update times measured at each FM's width.
+    ``bound_min``: every row at its bound (max of FLOP time, step floor and, for per-config
+    methods, kernel floor at that FM's width) — the least time this machine allows.
     Both tasks are assumed to have this task's row counts (they differ by a few %).
     """
-    total = {"lockstep": 0.0, "per-config": 0.0}
+    total = {"lockstep": 0.0, "per-config": 0.0, "bound": 0.0}
+    tasks = len(paper["study"]["tasks"])
     for fm in paper["study"]["fms"]:
         dim = DIMS[fm]
         folds = [2 * n // 3] * 3
-        rows = method_rows(paper["study"]["methods"], np.zeros(n), c, dim, 1e18, lean, {}, folds, upd)
+        rows = method_rows(paper["study"]["methods"], np.zeros(n), c, dim, gflops, lean, {}, folds, upd, kern)
         for r in rows:
             if r["path"].startswith("lockstep"):
-                total["lockstep"] += r["floor_s"] * k[r["method"]] * len(paper["study"]["tasks"])
+                total["lockstep"] += r["floor_s"] * k[r["method"]] * tasks
             else:
-                total["per-config"] += r["seconds"] * len(paper["study"]["tasks"])
+                total["per-config"] += r["seconds"] * tasks
+            total["bound"] += max(r["flop_s"], r["floor_s"], r["kernel_s"]) * tasks
         config = get_method("unified").config_cls()
         for size in site_sizes if paper["study"].get("individual") else []:
             _, floor = step_floor(config, [2 * size // 3] * 3, size, 16, dim, c, lean)
-            total["lockstep"] += floor * k["unified"] * len(paper["study"]["tasks"])
-    return {k_: v / 60 for k_, v in total.items()} | {"total_min": sum(total.values()) / 60}
+            total["lockstep"] += floor * k["unified"] * tasks
+            total["bound"] += floor * tasks
+    bound = total.pop("bound")
+    return {k_: v / 60 for k_, v in total.items()} | {"total_min": sum(total.values()) / 60,
+                                                      "bound_min": bound / 60}
 
 
 if __name__ == "__main__":

@@ -52,5 +52,10 @@ def grid_markdown(r: dict) -> str:
             f"{g['per-config']:.0f} min in DANN, FairDisCO and FADES, whose steps are near their "
             "kernel floor, so training their runs side by side gains little on a core (target ≤ 60 min). "
             "`fedmammo pooled --jobs 0` trains the grid's models on one process per core: "
-            "`bench_parallel.py` measures that speed-up."]
+            "`bench_parallel.py` measures that speed-up.", "",
+            f"The same grid with every row at its bound (FLOP time, step floor or kernel floor at each "
+            f"FM's width, whichever is largest): **{g['bound_min']:.0f} minutes** on one core, "
+            f"{g['bound_min'] / 2:.0f} on two with perfect scaling — the least this machine allows "
+            f"for the protocol as specified; the estimate above is {g['total_min'] / g['bound_min']:.1f}× "
+            "that."]
     return "\n".join(head + _method_table(r["methods"]) + tail) + "\n"

@@ -71,3 +71,48 @@ def test_group_index_and_concat_fill_missing_attributes():
     np.testing.assert_array_equal(both.group_index("density"), [1, 3, -1])
     np.testing.assert_array_equal(both.group_index("site"), [0, 0, 1])
     np.testing.assert_array_equal(both.group_index("age_band"), [-1, -1, -1])
+
+
+def _adam_pair(weight_decay=1e-3):
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+            for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [torch.optim.Adam([{"params": n[0].parameters()}, {"params": n[2].parameters(), "lr": 3e-2}],
+                             lr=1e-2, weight_decay=weight_decay, fused=True) for n in nets]
+    return nets, opts
+
+
+def test_direct_fused_adam_step_equals_adam_step_exactly():
+    from strategies.base import optimizer_step
+
+    nets, opts = _adam_pair()
+    for i in range(25):
+        x = torch.randn(4, 7, generator=torch.Generator().manual_seed(i))
+        for net, opt, step in zip(nets, opts, (lambda o: o.step(), optimizer_step), strict=True):
+            opt.zero_grad()
+            net(x).pow(2).sum().backward()
+            step(opt)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    sa, sb = opts[0].state_dict(), opts[1].state_dict()
+    for k in sa["state"]:
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa["state"][k][name], sb["state"][k][name])
+
+
+def test_direct_step_defers_to_step_for_hooks_and_other_optimizers():
+    from strategies.base import optimizer_step
+
+    nets, (opt, _) = _adam_pair()
+    calls = []
+    opt.register_step_post_hook(lambda *_: calls.append(1))
+    nets[0](torch.ones(1, 7)).sum().backward()
+    optimizer_step(opt)
+    assert calls == [1]
+    sgd = torch.optim.SGD(nets[1].parameters(), lr=0.1)
+    before = [p.detach().clone() for p in nets[1].parameters()]
+    nets[1](torch.ones(1, 7)).sum().backward()
+    optimizer_step(sgd)
+    for p, b0 in zip(nets[1].parameters(), before, strict=True):
+        torch.testing.assert_close(p, b0 - 0.1 * p.grad)

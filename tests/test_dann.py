@@ -158,3 +158,25 @@ def test_fit_trains_dann_through_the_core(sensitive):
     assert res.model.discriminator[-1].out_features == {"site": G, "density": 4, "age_band": 3}[sensitive]
     assert res.model.lam == pytest.approx(lambda_schedule(14 / 15, 10.0))
     assert (predict(res.model, data.x) == data.y).mean() > 0.8
+
+
+@pytest.mark.parametrize(("optimizer", "weight_decay"), [("adam", 0.0), ("adam", 1e-2), ("sgd", 0.0)])
+def test_hand_written_update_follows_autograd_step_by_step(optimizer, weight_decay):
+    # `Dann.update` writes the gradient of `objective` by hand; autograd on `objective`
+    # (the base class's update) is the oracle, over many steps with unknown groups.
+    from strategies.base import Method
+
+    fast, slow = (_model(seed=3, optimizer=optimizer, weight_decay=weight_decay) for _ in range(2))
+    for m in (fast, slow):
+        m.configure_optimizer(0.05)
+        m.begin_epoch(0.3)
+    for step in range(15):
+        b = _batch(n=9, seed=10 + step)
+        b.group[step % 3 :: 4] = -1
+        if step == 7:
+            b.group[:] = -1  # no known group: the discriminator term and its gradient vanish
+        got, want = fast.update(b), Method.update(slow, b)
+        for key in ("loss", "label", "domain", "lambda"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6)
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
