@@ -49,8 +49,10 @@ from strategies.base import (
     MethodConfig,
     TaskSpec,
     known_group_cross_entropy,
+    linear_grads,
     optimizer_step,
     register,
+    softmax_cross_entropy,
     weighted_cross_entropy,
 )
 
@@ -198,9 +200,9 @@ class Dann(Method):
         """One optimiser step on `objective`, with its gradient written out by hand.
 
         The same loss and gradient as autograd on `objective` (tested to float
-        round-off), computed into persistent gradient buffers. Autograd would allocate
-        fresh gradients every step (2 MB for a 2048 → 256 layer), and at batch 8–32 those
-        allocations and the graph bookkeeping cost as much as the arithmetic.
+        round-off), written into gradient buffers kept across steps (`grad_buffer`): at
+        batch 8–32 autograd's graph bookkeeping and fresh gradients cost as much as the
+        arithmetic.
         """
         assert self.optimizer is not None, "call configure_optimizer first"
         with torch.no_grad():
@@ -218,40 +220,20 @@ class Dann(Method):
         z = torch.addmm(l2.bias, h1, l2.weight.T).relu_()
         hd = torch.addmm(d1.bias, z, d1.weight.T).relu_()
         n = batch.x.shape[0]
-        label = _softmax_xent(torch.addmm(self.classifier.bias, z, self.classifier.weight.T), batch.y,
-                              self.class_weights[batch.y] / n)
+        label = softmax_cross_entropy(torch.addmm(self.classifier.bias, z, self.classifier.weight.T),
+                                      batch.y, self.class_weights[batch.y] / n)
         known = (batch.group >= 0).to(z.dtype)
-        domain = _softmax_xent(torch.addmm(d2.bias, hd, d2.weight.T), batch.group.clamp(min=0),
-                               known / known.sum().clamp(min=1))
+        domain = softmax_cross_entropy(torch.addmm(d2.bias, hd, d2.weight.T), batch.group.clamp(min=0),
+                                       known / known.sum().clamp(min=1))
         return (h1, z, hd), label, domain
 
     def _backward(self, x: Tensor, acts: tuple[Tensor, ...], d_logits: Tensor, d_disc: Tensor) -> None:
         """Write every parameter's gradient; the reversal scales the discriminator's path by -λ."""
         h1, z, hd = acts
         l2, (d1, _, d2) = self.features[2], self.discriminator
-        g = self._grad_buffers()
         d_hd = (d_disc @ d2.weight).mul_(hd > 0)
         d_z = torch.addmm(d_logits @ self.classifier.weight, d_hd, d1.weight, alpha=-self.lam).mul_(z > 0)
         d_h1 = (d_z @ l2.weight).mul_(h1 > 0)
-        for (gw, gb), (d_out, inp) in zip(
-                g, ((d_h1, x), (d_z, h1), (d_logits, z), (d_hd, z), (d_disc, hd)), strict=True):
-            torch.mm(d_out.T, inp, out=gw)
-            torch.sum(d_out, 0, out=gb)
-
-    def _grad_buffers(self) -> list[tuple[Tensor, Tensor]]:
-        """(weight, bias) gradient buffers of every layer, created once and reused."""
-        layers = (self.features[0], self.features[2], self.classifier, self.discriminator[0],
-                  self.discriminator[2])
-        for p in (p for layer in layers for p in (layer.weight, layer.bias)):
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        return [(layer.weight.grad, layer.bias.grad) for layer in layers]
-
-
-def _softmax_xent(logits: Tensor, target: Tensor, row_weight: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Weighted CE :math:`\sum_i r_i \ell_{CE}(z_i, t_i)` and its gradient :math:`r_i(p_i - e_{t_i})`."""
-    log_p = torch.log_softmax(logits, dim=1)
-    loss = -(row_weight * log_p.gather(1, target[:, None]).squeeze(1)).sum()
-    grad = log_p.exp_()
-    grad[torch.arange(len(target)), target] -= 1.0
-    return loss, grad.mul_(row_weight[:, None])
+        for layer, d_out, inp in ((self.features[0], d_h1, x), (l2, d_z, h1), (self.classifier, d_logits, z),
+                                  (d1, d_hd, z), (d2, d_disc, hd)):
+            linear_grads(layer, d_out, inp)

@@ -59,8 +59,12 @@ from strategies.base import (
     Method,
     MethodConfig,
     TaskSpec,
+    grad_buffer,
     known_group_cross_entropy,
+    linear_grads,
+    optimizer_step,
     register,
+    softmax_cross_entropy,
     weighted_cross_entropy,
 )
 
@@ -223,3 +227,91 @@ class FairDisCo(Method):
         loss = label + c.alpha * conf + attr + c.beta * supcon
         parts = {"loss": loss, "label": label, "conf": conf, "attr": attr, "supcon": supcon}
         return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One optimiser step on `objective`, with its gradient written out by hand.
+
+        The same losses, gradients and BatchNorm statistics as autograd on `objective`
+        (tested to float round-off), into gradient buffers kept across steps: at batch
+        8–32 autograd's graph bookkeeping costs about as much as the arithmetic.
+        """
+        assert self.optimizer is not None, "call configure_optimizer first"
+        c = self.config
+        with torch.no_grad():
+            h = torch.addmm(self.bottleneck.bias, batch.x, self.bottleneck.weight.T)
+            (label, conf, attr), d_h = self._head_grads(h, batch)
+            supcon = h.new_zeros(())
+            if h.shape[0] >= 2:
+                supcon, d_proj = self._contrastive_grads(h, batch.y)
+                d_h.add_(d_proj)
+            else:  # as in `contrastive_term`: no projection, so no gradient for it this step
+                for p in self.projection.parameters():
+                    p.grad = None
+            linear_grads(self.bottleneck, d_h, batch.x)
+        optimizer_step(self.optimizer)
+        loss = label + c.alpha * conf + attr + c.beta * supcon
+        parts = {"loss": loss, "label": label, "conf": conf, "attr": attr, "supcon": supcon}
+        return {k: float(v) for k, v in parts.items()}
+
+    def _head_grads(self, h: Tensor, batch: Batch) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        """Label, confusion and attribute losses; writes both heads' gradients; returns dL/dh so far."""
+        n, k = h.shape[0], self.attribute.out_features
+        label, d_label = softmax_cross_entropy(self.classifier(h), batch.y, self.class_weights[batch.y] / n)
+        known = (batch.group >= 0).to(h.dtype)
+        row = known / known.sum().clamp(min=1)
+        log_p = torch.log_softmax(self.attribute(h), dim=1)
+        conf = -(row * log_p.mean(dim=1)).sum()
+        attr, d_attr = softmax_cross_entropy(self.attribute(h), batch.group.clamp(min=0), row)
+        # Confusion pulls every class probability to 1/K; only it reaches h (the CE sees sg(h)).
+        d_conf = (log_p.exp_() - 1.0 / k).mul_(row[:, None] * self.config.alpha)
+        linear_grads(self.classifier, d_label, h)
+        linear_grads(self.attribute, d_attr.add_(d_conf), h)
+        d_h = torch.addmm(d_label @ self.classifier.weight, d_conf, self.attribute.weight)
+        return (label, conf, attr), d_h
+
+    def _contrastive_grads(self, h: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """SupCon of the projected h (BatchNorm in training); writes β·SupCon's projection gradients."""
+        lin1, bn, _, lin2 = self.projection
+        a1 = torch.addmm(lin1.bias, h, lin1.weight.T)
+        xhat, inv = _batch_norm_train(bn, a1)
+        r = torch.addcmul(bn.bias, xhat, bn.weight).relu_()
+        zp = torch.addmm(lin2.bias, r, lin2.weight.T)
+        norm = zp.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        zn = zp / norm
+        loss, g = _supcon_sim_grad(zn @ zn.T / self.config.temperature, y)
+        d_zn = (g + g.T) @ zn * (self.config.beta / self.config.temperature)
+        d_zp = (d_zn - zn * (zn * d_zn).sum(1, keepdim=True)) / norm
+        linear_grads(lin2, d_zp, r)
+        d_bn = (d_zp @ lin2.weight).mul_(r > 0)
+        torch.sum(d_bn * xhat, 0, out=grad_buffer(bn.weight))
+        torch.sum(d_bn, 0, out=grad_buffer(bn.bias))
+        d_xhat = d_bn * bn.weight
+        d_a1 = (d_xhat - d_xhat.mean(0) - xhat * (d_xhat * xhat).mean(0)) * inv
+        linear_grads(lin1, d_a1, h)
+        return loss, d_a1 @ lin1.weight
+
+
+def _batch_norm_train(bn: nn.BatchNorm1d, a: Tensor) -> tuple[Tensor, Tensor]:
+    """Normalise ``a`` by its batch statistics and update ``bn``'s running ones, as ``bn(a)`` in training."""
+    mean, var = a.mean(0), a.var(0, unbiased=False)
+    m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked + 1)
+    bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
+    bn.running_var.mul_(1 - m).add_(var * (a.shape[0] / (a.shape[0] - 1)), alpha=m)
+    bn.num_batches_tracked.add_(1)
+    inv = (var + bn.eps).rsqrt()
+    return (a - mean) * inv, inv
+
+
+def _supcon_sim_grad(sim: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """`supervised_contrastive_loss` from its similarity matrix, and the loss's gradient w.r.t. it."""
+    same = y[:, None] == y[None, :]
+    positive = (same & ~torch.eye(len(y), dtype=torch.bool)).to(sim.dtype)
+    n_pos = positive.sum().clamp(min=1)
+    masked = sim.masked_fill(same, torch.finfo(sim.dtype).min)
+    log_sigma = sim - torch.logaddexp(sim, torch.logsumexp(masked, dim=1, keepdim=True))
+    loss = -(log_sigma * positive).sum() / n_pos
+    # -log σ(s_ij - n_i) per positive pair; n_i (the negatives' logsumexp) spreads its share
+    # over i's negatives by their softmax weights.
+    slack = (1 - log_sigma.exp()).mul_(positive).div_(n_pos)
+    spread = torch.softmax(masked, dim=1).masked_fill_(same, 0.0)
+    return loss, spread.mul_(slack.sum(1, keepdim=True)).sub_(slack)

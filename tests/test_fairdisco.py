@@ -179,3 +179,32 @@ def test_fit_trains_fairdisco_through_the_core(sensitive):
     res = fit("fairdisco", data, C, G, cfg, do_search=False)
     assert res.model.attribute.out_features == {"site": G, "density": 4}[sensitive]
     assert (predict(res.model, data.x) == data.y).mean() > 0.8
+
+
+@pytest.mark.parametrize(("optimizer", "weight_decay"), [("adam", 0.0), ("adam", 1e-2), ("sgd", 0.0)])
+def test_hand_written_update_follows_autograd_step_by_step(optimizer, weight_decay):
+    # `FairDisCo.update` writes the gradient of `objective` by hand (BatchNorm, SupCon,
+    # the attribute head's two uses); autograd on `objective` is the oracle.
+    from strategies.base import Method
+
+    fast, slow = (_model(seed=4, optimizer=optimizer, weight_decay=weight_decay) for _ in range(2))
+    for m in (fast, slow):
+        m.configure_optimizer(0.02)
+    for step in range(15):
+        b = _batch(n=1 if step == 4 else 11, seed=20 + step)  # one row: no SupCon, no BatchNorm
+        b.group[step % 3 :: 4] = -1
+        if step == 8:
+            b.group[:] = -1
+        got, want = fast.update(b), Method.update(slow, b)
+        for key in ("loss", "label", "conf", "attr", "supcon"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6)
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters(), strict=True):
+        # The bias before BatchNorm has a zero gradient up to round-off, which Adam's
+        # normalisation turns into full-size steps of noise; BatchNorm removes it.
+        if name != "projection.0.bias" or optimizer == "sgd":
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, p), q in zip(fast.named_buffers(), slow.buffers(), strict=True):
+        if name != "projection.1.running_mean":  # tracks that bias
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    x = _batch(n=30, seed=99).x
+    torch.testing.assert_close(fast.eval()(x), slow.eval()(x), rtol=1e-4, atol=1e-5)
