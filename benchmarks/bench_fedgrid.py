@@ -26,7 +26,7 @@ import tomllib
 import torch
 from common import emit
 from fedgrid_model import makespan, run_seconds
-from grid_model import kernel_seconds
+from grid_model import DIMS, kernel_seconds
 
 from client.feature_store import read_entry
 from client.local import site_task
@@ -37,8 +37,6 @@ from sim.simulate import settings_for
 from sim.sites import load_sites
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "paper.toml"
-#: Feature width of each paper FM.
-DIMS = {"mammoclip": 2048, "medclip": 512, "gloria": 2048, "clip": 512, "dinov2": 384}
 #: Which measured FM stands for each paper FM (by feature width).
 PROXY = {"mammoclip": "mammoclip", "gloria": "mammoclip", "medclip": "medclip", "clip": "medclip",
          "dinov2": "medclip"}

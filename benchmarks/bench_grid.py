@@ -24,6 +24,7 @@ import torch
 from baseline_grid import protocol
 from common import emit
 from grid_model import (
+    DIMS,
     gemm_gflops,
     kernel_seconds,
     lean_step_seconds,
@@ -46,7 +47,6 @@ from strategies.base import get_method
 from strategies.core import concat, cv_folds, fit, predict
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "paper.toml"
-DIMS = {"mammoclip": 2048, "medclip": 512, "gloria": 2048, "clip": 512, "dinov2": 384}
 
 
 def load(store: str, fm: str, task: str) -> tuple:

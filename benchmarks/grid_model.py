@@ -12,6 +12,9 @@ import torch
 from strategies import lockstep as ls
 from strategies.base import REGISTRY, Batch, MethodConfig, TaskSpec
 
+#: Feature width of each paper FM.
+DIMS = {"mammoclip": 2048, "medclip": 512, "gloria": 2048, "clip": 512, "dinov2": 384}
+
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     """fp32 GEMM throughput (GFLOP/s) of an ``n``-square product, median of ``repeats``."""

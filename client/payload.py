@@ -99,4 +99,3 @@ def array_numpy(array: Array) -> np.ndarray:
 def record_tensors(record: Mapping[str, Array]) -> dict[str, torch.Tensor]:
     """An ``ArrayRecord`` as a torch state dict (`array_numpy` for each entry)."""
     return {k: torch.from_numpy(array_numpy(v)) for k, v in record.items()}
-

@@ -259,9 +259,10 @@ class FairDisCo(Method):
         label, d_label = softmax_cross_entropy(self.classifier(h), batch.y, self.class_weights[batch.y] / n)
         known = (batch.group >= 0).to(h.dtype)
         row = known / known.sum().clamp(min=1)
-        log_p = torch.log_softmax(self.attribute(h), dim=1)
+        logits = self.attribute(h)  # one head, two uses: the same logits for both terms
+        log_p = torch.log_softmax(logits, dim=1)
         conf = -(row * log_p.mean(dim=1)).sum()
-        attr, d_attr = softmax_cross_entropy(self.attribute(h), batch.group.clamp(min=0), row)
+        attr, d_attr = softmax_cross_entropy(logits, batch.group.clamp(min=0), row)
         # Confusion pulls every class probability to 1/K; only it reaches h (the CE sees sg(h)).
         d_conf = (log_p.exp_() - 1.0 / k).mul_(row[:, None] * self.config.alpha)
         linear_grads(self.classifier, d_label, h)
