@@ -35,7 +35,7 @@ Multi-class CMI. What ``CMI_loss`` computes is not :math:`I(y; z\mid s)` but
 :math:`\mathcal L_{reg}`), with the other latent marginalised over the batch. With
 :math:`q_{ij} = p(\hat y\mid z_a^{(i)}, z_r^{(j)}) \in \Delta^{K-1}` for all :math:`N^2` pairs
 (:math:`z_a = z_y`, or :math:`z_s` for the second term) and :math:`M`-valued codes :math:`s_j`
-(:math:`y` conditions the second term), see `conditional_mutual_information`:
+(:math:`y` conditions the second term), see `strategies.fades_cmi`:
 
 .. math::
 
@@ -78,9 +78,9 @@ from strategies.base import (
     register,
     weighted_cross_entropy,
 )
+from strategies.fades_cmi import LEAK, conditional_mutual_information, frozen_pair_probs
 
 N_BLOCKS = 4  # z_x, z_y, z_s, z_r
-LEAK = 0.2  # LeakyReLU slope of every MLP (the reference's)
 
 
 @dataclass(frozen=True)
@@ -115,70 +115,6 @@ class FadesConfig(MethodConfig):
     lambda_tc: float = 1e2
     lambda_fair: float = 1e2
     fair_warmup_epochs: int = 1
-
-
-def entropy(p: Tensor, eps: float = 1e-7) -> Tensor:
-    r"""Shannon entropy :math:`-\sum_k p_k \log(p_k + \epsilon)` over the last axis."""
-    return -(p * torch.log(p + eps)).sum(-1)
-
-
-def conditional_mutual_information(probs: Tensor, s: Tensor, beta: float = 0.5, eps: float = 1e-7) -> Tensor:
-    r"""Batch estimate of :math:`I(\hat y; s \mid z_r) - \beta H(\hat y \mid z_r)`, K classes, M groups.
-
-    .. math::
-
-        \hat I_\beta = \frac{1-\beta}N\sum_j H\Big(\frac1N\sum_i q_{ij}\Big)
-          - \frac1N\sum_j H\Big(\frac{\sum_i [s_i=s_j]\,q_{ij}}{\sum_i [s_i=s_j]}\Big)
-
-    Parameters
-    ----------
-    probs : Tensor
-        ``(N, N, K)``; ``probs[i, j]`` is the head's class distribution on
-        :math:`[z_a^{(i)}, z_r^{(j)}]` (row index: the marginalised latent).
-    s : Tensor
-        ``(N,)`` integer codes of the conditioning variable (any number of values).
-    beta : float
-        Entropy-regulariser weight; ``beta=0`` gives the plain CMI estimate.
-    eps : float
-        Inside the logarithm, as in the reference.
-
-    Returns
-    -------
-    Tensor
-        Scalar; equals the reference ``CMI_loss`` for K = 2 (as ``(1-p, p)``) and binary s.
-    """
-    if probs.shape[0] == 0:
-        return probs.sum() * 0.0
-    marginal = probs.mean(0)
-    same = (s[:, None] == s[None, :]).to(probs.dtype)
-    conditional = (same[..., None] * probs).sum(0) / same.sum(0)[:, None]
-    return (1.0 - beta) * entropy(marginal, eps).mean() - entropy(conditional, eps).mean()
-
-
-def pair_grid(z_a: Tensor, z_r: Tensor) -> Tensor:
-    """All pairs ``[z_a[i], z_r[j]]`` as an ``(N, N, d_a + d_r)`` tensor."""
-    n = z_a.shape[0]
-    return torch.cat([z_a[:, None, :].expand(n, n, -1), z_r[None, :, :].expand(n, n, -1)], dim=-1)
-
-
-def frozen_pair_probs(head: nn.Sequential, z_a: Tensor, z_r: Tensor) -> Tensor:
-    """Softmax of ``head`` on all pairs, with gradients to the latents only, not to ``head``.
-
-    ``head`` is an `mlp` (Linear, LeakyReLU, ..., Linear). Its first layer acts on a
-    concatenation, so it splits:
-    :math:`W[z_a^{(i)}; z_r^{(j)}] + b = W_a z_a^{(i)} + W_r z_r^{(j)} + b`.
-    Two (N, d) products and a broadcast sum replace the (N², d_a + d_r) product on the
-    `pair_grid` (the same function, about 15 % of a FADES update saved at batch 32).
-    """
-    params = [p.detach() for p in head.parameters()]
-    first, rest = params[:2], params[2:]
-    d_a = z_a.shape[-1]
-    # The bias joins the (N, h) term before the broadcast: one pass fewer over (N, N, h).
-    hidden = (torch.addmm(first[1], z_a, first[0][:, :d_a].T)[:, None, :]
-              + (z_r @ first[0][:, d_a:].T)[None, :, :])
-    for w, b in zip(rest[::2], rest[1::2], strict=True):
-        hidden = F.linear(F.leaky_relu(hidden, LEAK, inplace=True), w, b)
-    return hidden.softmax(-1)
 
 
 def permute_blocks(blocks: list[Tensor]) -> Tensor:

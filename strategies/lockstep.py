@@ -35,15 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from strategies.base import Method, MethodConfig, TaskSpec, get_method, seed_torch
 from strategies.core import ArrayData, HParams, make_spec
 from strategies.lockstep_dro import DroSpec, DroState, dro_plan, dro_spec
 from strategies.lockstep_moe import MoeSpec, mixture, moe_grad, moe_plan, moe_spec
-
-BETAS = (0.9, 0.999)
-EPS = 1e-8
+from strategies.lockstep_update import StackedUpdate
 
 
 def supports_lockstep(cls: type[Method]) -> bool:
@@ -109,43 +108,6 @@ def load_linear(model: Method, wb: Tensor) -> None:
     with torch.no_grad():
         model.linear.weight.copy_(wb[:, :-1])
         model.linear.bias.copy_(wb[:, -1])
-
-
-class _Update:
-    """In-place optimiser step on the stacked parameters (unit lr, see module notes)."""
-
-    def __init__(self, q: Tensor, config: MethodConfig) -> None:
-        self.kind = config.optimizer
-        if self.kind not in ("adam", "sgd"):
-            raise ValueError(f"unknown optimizer {config.optimizer!r}; expected 'adam' or 'sgd'")
-        self.q = q
-        self.g = torch.zeros_like(q)
-        self.m, self.v = torch.zeros_like(q), torch.zeros_like(q)
-        f = q.shape[0]
-        # Per-fold views and step counts: a fold whose epoch has fewer batches sits out
-        # the last step, so its Adam step count must lag exactly as in its own run.
-        self.lists = [[t[i] for i in range(f)] for t in (self.q, self.g, self.m, self.v)]
-        self.steps = [torch.zeros((), dtype=torch.float32) for _ in range(f)]
-        self.fused = hasattr(torch, "_fused_adam_")
-
-    def __call__(self, k: int) -> None:
-        """Update the first ``k`` folds (the ones active at this step)."""
-        if self.kind == "sgd":
-            self.q[:k].sub_(self.g[:k])
-            return
-        qs, gs, ms, vs = (lst[:k] for lst in self.lists)
-        steps = self.steps[:k]
-        torch._foreach_add_(steps, 1.0)
-        if self.fused:
-            torch._fused_adam_(qs, gs, ms, vs, [], steps, lr=1.0, beta1=BETAS[0], beta2=BETAS[1],
-                               weight_decay=0.0, eps=EPS, amsgrad=False, maximize=False)
-            return
-        for q, g, m, v, s in zip(qs, gs, ms, vs, steps, strict=True):
-            t = float(s)
-            m.lerp_(g, 1 - BETAS[0])
-            v.mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
-            denom = (v.sqrt() / math.sqrt(1 - BETAS[1] ** t)).add_(EPS)
-            q.addcdiv_(m, denom, value=-1.0 / (1 - BETAS[0] ** t))
 
 
 def _order(group: RunGroup) -> tuple[list[int], list[int]]:
@@ -219,42 +181,50 @@ def train_group(x: Tensor, y: Tensor, group: RunGroup, config: MethodConfig) -> 
     c, d1 = group.init.shape[1:]
     lr = torch.tensor(group.lrs, dtype=torch.float32).repeat_interleave(c)
     q = (group.init[order][:, None] / lr.view(1, lcount, c, 1)).reshape(f, lcount * c, d1).contiguous()
-    update = _Update(q, config)
+    update = StackedUpdate(q, config)
     gens = [torch.Generator().manual_seed(s) for s in group.seeds]
     dro = DroState(group.dro, f, lcount) if group.dro is not None else None
-    for _ in range(group.epochs):
-        plan = _epoch_plan(group, order, gens, y, nbs[0])
-        _run_epoch(x, plan, nbs, group, update, lr, config.weight_decay, dro)
+    # numpy's BLAS would otherwise use every core for these products, beside torch's threads.
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+        for _ in range(group.epochs):
+            plan = _epoch_plan(group, order, gens, y, nbs[0])
+            _run_epoch(x, plan, nbs, group, update, lr, config.weight_decay, dro)
     trained = (q.view(f, lcount, c, d1) * lr.view(1, lcount, c, 1))
     return trained[torch.tensor(order).argsort()]
 
 
-def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGroup, update: _Update,
+def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGroup, update: StackedUpdate,
                lr: Tensor, weight_decay: float, dro: DroState | None) -> None:
-    """One epoch of lockstep steps (the hot loop: no allocation beyond the softmax)."""
+    """One epoch of lockstep steps (the hot loop: no allocation beyond the softmax).
+
+    The two thin products (rows × features by features × a few logits, and back) go
+    through numpy's BLAS on views of the same memory: torch's CPU GEMM costs tens of
+    microseconds per call at these shapes, several times numpy's (see BENCHMARKS.md).
+    """
     idx, w, yw = plan["idx"], plan["w"], plan["yw"]
     q, gt = update.q, update.g
     f, b, (lc, d1) = len(nbs), group.batch_size, q.shape[1:]
-    xb = torch.empty((f * b, d1))
-    xb3, qt, z = xb.view(f, b, d1), q.transpose(1, 2), torch.empty((f, b, lc))
-    lr_cols, lrwd = lr.view(1, 1, -1), (lr * weight_decay).view(1, -1, 1)
+    xb, z = torch.empty((f * b, d1)), torch.empty((f, b, lc))
+    xb3n, qtn, zn, gtn = xb.numpy().reshape(f, b, d1), q.numpy().transpose(0, 2, 1), z.numpy(), gt.numpy()
+    lr_cols, lrwd = lr.numpy().reshape(1, 1, -1), (lr * weight_decay).view(1, -1, 1)
     if dro is not None:
         gn, present = dro_plan(group.dro, idx.view(-1, f, b), plan["valid"])
-    for i in range(nbs[0]):
-        k = sum(1 for n in nbs if n > i)
-        torch.index_select(x, 0, idx[i], out=xb)
-        torch.bmm(xb3, qt, out=z)
-        z4 = z.mul_(lr_cols).view(f, b, len(group.lrs), -1)
+    # Per-step views made once per epoch: indexing a tensor in the loop costs a microsecond each.
+    ks = [sum(1 for n in nbs if n > i) for i in range(nbs[0])]
+    z4, dzn_shape = z.view(f, b, len(group.lrs), -1), (f, b, lc)
+    for i, (rows, wi, ywi) in enumerate(zip(idx.unbind(0), w.unbind(0), yw.unbind(0), strict=True)):
+        torch.index_select(x, 0, rows, out=xb)
+        np.multiply(np.matmul(xb3n, qtn, out=zn), lr_cols, out=zn)
         if dro is not None:
-            dz = dro.grad(z4, plan["onehot"][i], plan["cwy"][i], gn[i], present[i], k)
+            dz = dro.grad(z4, plan["onehot"][i], plan["cwy"][i], gn[i], present[i], ks[i])
         elif group.moe is not None:
             dz = moe_grad(group.moe, z4, plan["onehot"][i], plan["wr"][i], plan["dom"][i])
         else:
-            dz = torch.softmax(z4, dim=-1).mul_(w[i]).sub_(yw[i])
-        torch.bmm(dz.view(f, b, -1).transpose(1, 2), xb3, out=gt)
+            dz = torch.softmax(z4, dim=-1).mul_(wi).sub_(ywi)
+        np.matmul(dz.numpy().reshape(dzn_shape).transpose(0, 2, 1), xb3n, out=gtn)
         if weight_decay:
             gt.addcmul_(q, lrwd)
-        update(k)
+        update(ks[i])
 
 
 def accuracies(x: Tensor, y: Tensor, weights: Tensor, rows: list[np.ndarray],
