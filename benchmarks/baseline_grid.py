@@ -2,7 +2,7 @@
 
 One PyTorch ``DataLoader`` loop per (batch size, learning rate, fold): a fresh
 ``nn.Linear``, ``torch.optim.Adam`` and the weighted cross-entropy, then the 50-epoch
-retrain of the best configuration on all rows. Same folds (`strategies.core.cv_folds`),
+retrain of the best configuration on all rows. Same folds (`strategies.protocol.cv_folds`),
 seeds, loss and selection rule as the project's search, so its results can be compared.
 """
 
@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from strategies.base import weighted_cross_entropy
-from strategies.core import ArrayData, class_weights, cv_folds
+from strategies.core import ArrayData, class_weights
+from strategies.protocol import cv_folds
 
 
 def train_probe(x: np.ndarray, y: np.ndarray, n_classes: int, bs: int, lr: float, epochs: int,

@@ -33,7 +33,8 @@ from sim.federated import run_inprocess
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
 from strategies.base import TaskSpec, get_method
-from strategies.core import HParams, class_weights, concat, fit, fit_steps, predict
+from strategies.core import HParams, class_weights, concat, fit_steps, predict
+from strategies.protocol import fit
 
 STEPS = 25
 

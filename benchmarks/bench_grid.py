@@ -44,7 +44,8 @@ from sim.runner import write_synthetic_store
 from sim.sites import load_sites
 from strategies import lockstep as ls
 from strategies.base import get_method
-from strategies.core import concat, cv_folds, fit, predict
+from strategies.core import concat, predict
+from strategies.protocol import cv_folds, fit
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "paper.toml"
 

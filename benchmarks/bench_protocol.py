@@ -24,7 +24,8 @@ from client.local import site_task
 from sim.experiment import Experiment, ProtocolConfig, StudyConfig
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
-from strategies.core import concat, fit
+from strategies.core import concat
+from strategies.protocol import fit
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -50,7 +50,7 @@ run_inprocess(FederatedSettings(store=store, fm="medclip", task="density", metho
 POOLED = """
 import torch; torch.set_num_threads(1)
 from client.feature_store import read_entry; from client.local import site_task
-from sim.sites import load_sites; from strategies.core import concat, fit
+from sim.sites import load_sites; from strategies.core import concat; from strategies.protocol import fit
 store = sys.argv[1]
 entries = [read_entry(store, "mammoclip", s.name) for s in load_sites()]
 tasks = [t for i, e in enumerate(entries) if (t := site_task(e, "density", i))]
@@ -59,7 +59,7 @@ fit("unified", concat([t.train for t in tasks]), 4, len(tasks))
 """
 BARE = """
 import torch; from server.app import FederatedSettings; from sim.federated import run_inprocess
-from strategies.core import fit
+from strategies.protocol import fit
 t0 = time.perf_counter()
 """
 

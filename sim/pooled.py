@@ -18,7 +18,8 @@ from client.local import SiteTask, site_task
 from client.schema import task_classes
 from server.history import ALL_SITES, RunKey, empty_history, rows_from_counts
 from sim.experiment import Experiment
-from strategies.core import FitResult, concat, fit, predict
+from strategies.core import concat, predict
+from strategies.protocol import FitResult, fit
 
 log = logging.getLogger("fedmammo")
 

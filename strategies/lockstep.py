@@ -251,7 +251,7 @@ def cv_rows(
     method: str, data: ArrayData, n_classes: int, n_domains: int, config: MethodConfig,
     splits: list[tuple[np.ndarray, np.ndarray]], seed: int,
 ) -> list[dict[str, float]]:
-    """`strategies.core.search`'s CV table, trained in lockstep (same rows, same order).
+    """`strategies.protocol.search`'s CV table, trained in lockstep (same rows, same order).
 
     Parameters
     ----------
@@ -264,7 +264,7 @@ def cv_rows(
     config : MethodConfig
         Grid (``batch_sizes`` × ``lrs``), ``search_epochs``, optimiser.
     splits : list of (train rows, validation rows)
-        The folds (`strategies.core.cv_folds`).
+        The folds (`strategies.protocol.cv_folds`).
     seed : int
         Fold ``f`` trains with seed ``seed + f``, as in the per-config path.
 

@@ -5,7 +5,8 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from strategies.base import weighted_cross_entropy
-from strategies.core import ArrayData, class_weights, cv_folds, fit, predict, search
+from strategies.core import ArrayData, class_weights, predict
+from strategies.protocol import cv_folds, fit, search
 
 
 def _toy(n=240, d=6, seed=0, sep=3.0):

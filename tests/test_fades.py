@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from strategies.base import Batch, TaskSpec, get_method
-from strategies.core import ArrayData, fit, predict
+from strategies.core import ArrayData, predict
 from strategies.fades import Fades, FadesConfig
 from strategies.fades_cmi import conditional_mutual_information, entropy
+from strategies.protocol import fit
 
 EPS = 1e-7
 

@@ -10,8 +10,9 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from strategies.base import Batch, TaskSpec
-from strategies.core import ArrayData, fit, predict
+from strategies.core import ArrayData, predict
 from strategies.fairdisco import FairDisCo, FairDisCoConfig, confusion_loss, supervised_contrastive_loss
+from strategies.protocol import fit
 
 D, C, G = 12, 3, 4
 

@@ -9,8 +9,9 @@ from sklearn.metrics import f1_score
 
 from strategies import lockstep as ls
 from strategies.base import get_method
-from strategies.core import ArrayData, HParams, cv_folds, fit, make_spec, predict, search, train
+from strategies.core import ArrayData, HParams, make_spec, predict, train
 from strategies.lockstep_dro import DroSpec, dro_spec
+from strategies.protocol import cv_folds, fit, search
 
 N_CLASSES, N_DOMAINS = 3, 2
 

@@ -13,7 +13,8 @@ from client.local import site_task
 from server.history import RunKey, rows_from_counts
 from sim.pooled import evaluate
 from sim.synthetic import PROFILES, site_features, site_manifest
-from strategies.core import concat, fit
+from strategies.core import concat
+from strategies.protocol import fit
 
 
 def _tasks(sites, scale, task="density", fm="mammoclip"):

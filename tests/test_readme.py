@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from strategies.base import REGISTRY
-from strategies.core import ArrayData, fit, predict
+from strategies.core import ArrayData, predict
+from strategies.protocol import fit
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
