@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from client.feature_store import SiteFeatures, list_entries, read_entry
 from client.local import SiteTask
@@ -58,8 +59,19 @@ def _tasks(store: Path, exp: Experiment, fm: str, task: str) -> tuple[dict[str, 
     return _CACHE[fm, task]
 
 
-def _init_worker() -> None:
+def one_thread() -> None:
+    """One thread for torch's kernels and for numpy's BLAS in this process.
+
+    Probes are tiny: thread hand-offs cost more than they save, and worker processes
+    already take one core each. numpy's BLAS (the lockstep and probe products) keeps
+    its own pool, which would otherwise start a thread per core.
+    """
     torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def _init_worker() -> None:
+    one_thread()
 
 
 def _run_unit(store: Path, exp: Experiment, unit: Unit) -> tuple[pd.DataFrame, dict[str, object]]:

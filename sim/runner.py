@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from client.atomic import write_parquet, write_text
@@ -17,7 +16,7 @@ from client.feature_store import Provenance, list_entries, write_entry
 from server.history import empty_history
 from server.tables import LEGEND, table3_cells, table3_markdown
 from sim.experiment import Experiment
-from sim.parallel import plan_units, read_fm, resolve_workers, run_parallel
+from sim.parallel import one_thread, plan_units, read_fm, resolve_workers, run_parallel
 from sim.pooled import count_jobs, run_task
 from sim.sites import DEFAULT_SITES, Site, load_sites
 from sim.synthetic import GENERATOR_VERSION, synthesize
@@ -117,7 +116,7 @@ def run_pooled_experiment(
     models on that many processes (`sim.parallel`; 0 = every core), with the same results.
     """
     out = Path(out)
-    torch.set_num_threads(1)  # tiny probes: thread hand-offs cost more than they save
+    one_thread()
     store = ensure_store(exp, out, show_progress)
     workers = resolve_workers(workers)
     with progress_bar(show_progress) as progress:

@@ -7,7 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from client.atomic import write_parquet, write_text
 from client.feature_store import list_entries
@@ -16,7 +15,7 @@ from server.history import ALL_SITES, final_round
 from server.tables import LEGEND, table3_cells, table3_markdown
 from sim.experiment import Experiment
 from sim.federated import ENGINES
-from sim.parallel import map_ordered, resolve_workers
+from sim.parallel import map_ordered, one_thread, resolve_workers
 from sim.runner import ensure_store, progress_bar
 from strategies.base import get_method
 
@@ -65,7 +64,7 @@ def run_federated_experiment(exp: Experiment, out: str | Path, engine: str | Non
         The concatenated per-round history (``mode = "federated"``).
     """
     out = Path(out)
-    torch.set_num_threads(1)
+    one_thread()
     store = ensure_store(exp, out, show_progress)
     engine = engine or exp.federated.engine
     run, workers = ENGINES[engine], resolve_workers(workers) if engine == "inprocess" else 1

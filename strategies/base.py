@@ -198,10 +198,12 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, row_weight: Tensor) ->
     :math:`r_i(\mathrm{softmax}(z_i) - e_{t_i})`. With :math:`r_i = w_{t_i}/N` this is
     `weighted_cross_entropy`.
     """
+    t1 = target[:, None]
     log_p = torch.log_softmax(logits, dim=1)
-    loss = -(row_weight * log_p.gather(1, target[:, None]).squeeze(1)).sum()
-    grad = log_p.exp_()
-    grad[torch.arange(len(target)), target] -= 1.0
+    picked = log_p.gather(1, t1)
+    loss = -torch.dot(row_weight, picked.view(-1))
+    # scatter_add_ rather than indexed assignment: fewer ops, as this runs every step.
+    grad = log_p.exp_().scatter_add_(1, t1, torch.full_like(picked, -1.0))
     return loss, grad.mul_(row_weight[:, None])
 
 
