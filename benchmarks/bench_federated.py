@@ -18,16 +18,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from common import emit
 
+import client.app as client_app
 from client.app import _label_loss
 from client.evaluation import site_counts
 from client.feature_store import read_entry
-from client.local import site_task
+from client.local import SiteTask, site_task
 from server.app import FederatedSettings, history_parts
 from sim.federated import run_inprocess
 from sim.runner import write_synthetic_store
@@ -39,15 +42,20 @@ from strategies.protocol import fit
 STEPS = 25
 
 
-def compute_only(store: str, sites: list[str], rounds: int) -> float:
+def site_parts(store: str, sites: list[str]) -> list[SiteTask]:
+    """Every site's density rows, as each client holds them in memory."""
+    entries = [read_entry(store, "mammoclip", s) for s in sites]
+    return [t for d, e in enumerate(entries) if (t := site_task(e, "density", d))]
+
+
+def compute_only(parts: list[SiteTask], rounds: int) -> float:
     """Seconds of every site's own work for ``rounds`` rounds, in one loop.
 
     Per site and round: the local updates, the label loss of the received and of the
     updated model on its training rows (its reported train metrics) and the prediction
-    and confusion counts of its test rows (its evaluation reply).
+    and confusion counts of its test rows (its evaluation reply). The rows are in memory
+    already, as a client's are after its first round.
     """
-    entries = [read_entry(store, "mammoclip", s) for s in sites]
-    parts = [t for d, e in enumerate(entries) if (t := site_task(e, "density", d))]
     data = concat([p.train for p in parts])
     cls = get_method("unified")
     model = cls(TaskSpec(data.x.shape[1], 4, len(parts), class_weights(data.y, 4)), cls.config_cls())
@@ -103,11 +111,62 @@ def timed(fn: object, repeats: int) -> float:
     return statistics.median(times)
 
 
+#: The clients' own work as `client.app` calls it; timed inside a run by `client_work`.
+CLIENT_WORK = ("fit_steps", "fit_epochs", "_label_loss", "predict", "site_counts")
+
+
+@contextmanager
+def client_work() -> Iterator[list[float]]:
+    """Accumulate the seconds spent in the clients' own work (`CLIENT_WORK`) while active."""
+    total = [0.0]
+    saved = {name: getattr(client_app, name) for name in CLIENT_WORK}
+
+    def timer(fn: Callable) -> Callable:
+        def run(*args: object, **kwargs: object) -> object:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                total[0] += time.perf_counter() - t0
+        return run
+
+    for name, fn in saved.items():
+        setattr(client_app, name, timer(fn))
+    try:
+        yield total
+    finally:
+        for name, fn in saved.items():
+            setattr(client_app, name, fn)
+
+
+def paired(
+    compute: Callable[[], float], long_run: Callable, short_run: Callable, repeats: int,
+) -> dict[str, float]:
+    """Client compute, the marginal federation and two overheads, medians over ``repeats``.
+
+    The three runs alternate within each repeat, so a slow spell of a shared machine
+    lands on both sides of a difference instead of on one median. ``overhead`` is the
+    marginal federation minus the separate compute loop; ``overhead_in_run`` subtracts
+    the clients' work timed inside the same two runs, immune to the machine's speed
+    drifting between runs.
+    """
+    rows = []
+    for _ in range(repeats):
+        c = compute()  # times its own loop, not the setup
+        with client_work() as work_long:
+            lo = timed(long_run, 1)
+        with client_work() as work_short:
+            sh = timed(short_run, 1)
+        rows.append({"compute": c, "federation": lo - sh, "overhead": lo - sh - c,
+                     "overhead_in_run": (lo - sh) - (work_long[0] - work_short[0])})
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results with a ``markdown`` section."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -120,19 +179,21 @@ def main(argv: list[str] | None = None) -> dict:
         write_synthetic_store(store, load_sites(), ["mammoclip"], 0.25, 0, show_progress=False)
         s = FederatedSettings(store=store, fm="mammoclip", task="density", method="unified",
                               sites=tuple(sites), out=f"{tmp}/fed", num_rounds=args.rounds, local_steps=STEPS)
-        compute = timed(lambda: compute_only(store, sites, args.rounds), args.repeats)
         # Marginal rounds, as for Ray: a (2 + R)-round run minus a 2-round run.
         short_s = FederatedSettings(**(asdict(s) | {"out": f"{tmp}/short", "num_rounds": 2}))
         long_s = FederatedSettings(**(asdict(s) | {"num_rounds": 2 + args.rounds}))
-        inproc = timed(lambda: run_inprocess(long_s), args.repeats) - timed(lambda: run_inprocess(short_s),
-                                                                            args.repeats)
+        parts = site_parts(store, sites)
+        med = paired(lambda: compute_only(parts, args.rounds),
+                     lambda: run_inprocess(long_s), lambda: run_inprocess(short_s), args.repeats)
+        compute, inproc = med["compute"], med["federation"]
         quick = FederatedSettings(**(asdict(s) | {"out": f"{tmp}/quick", "num_rounds": 40}))
         quick_s = timed(lambda: run_inprocess(quick), args.repeats)
         pooled_s = timed(lambda: pooled_epochs(store, sites, 30), args.repeats)
         out = {"bench": "federated", "rounds": args.rounds, "local_steps": STEPS, "sites": len(sites),
                "repeats": args.repeats, "client_compute_s": round(compute, 3),
                "inprocess_s": round(inproc, 3),
-               "inprocess_overhead_per_round_s": round((inproc - compute) / args.rounds, 4),
+               "inprocess_overhead_per_round_s": round(med["overhead"] / args.rounds, 4),
+               "inprocess_overhead_in_run_per_round_s": round(med["overhead_in_run"] / args.rounds, 4),
                "quick_federated_40_rounds_s": round(quick_s, 2), "pooled_30_epochs_s": round(pooled_s, 2),
                "quick_federated_vs_pooled_ratio": round(quick_s / pooled_s, 2)}
         if not args.no_ray:
@@ -158,7 +219,9 @@ def markdown(r: dict) -> str:
              "the clients' own work back to back in one loop (local updates, the train-loss of the "
              "received and the updated model, prediction and confusion counts of the test rows). "
              f"Per-round figures are marginal: a 2 + {r['rounds']}-round run minus a 2-round run "
-             f"(start-up cancels), medians of {r['repeats']}; Ray (isolated in a loopback-only network "
+             f"(start-up cancels). The three runs alternate in each of {r['repeats']} repeats; figures "
+             "are medians, the overhead the median of the per-repeat differences. Ray (isolated in a "
+             "loopback-only network "
              f"namespace): the median gap between consecutive rounds' checkpoint writes of a "
              f"2 + {r['rounds']}-round run.", "",
              "| what | seconds per round | ratio to client compute |", "|---|---|---|",
@@ -166,7 +229,9 @@ def markdown(r: dict) -> str:
              "| in-process federation (evaluation and history included) "
              f"| {r['inprocess_s'] / r['rounds']:.3f} "
              f"| {r['inprocess_s'] / r['client_compute_s']:.2f} |",
-             f"| in-process overhead over client compute | {r['inprocess_overhead_per_round_s']:.4f} | |"]
+             f"| in-process overhead over client compute | {r['inprocess_overhead_per_round_s']:.4f} | |",
+             "| in-process overhead over the clients' work timed in the same run "
+             f"| {r['inprocess_overhead_in_run_per_round_s']:.4f} | |"]
     if "ray_per_round_s" in r:
         lines += [f"| Ray, marginal round | {r['ray_per_round_s']:.3f} | {r['ray_per_round_s'] / c:.2f} |",
                   f"| Ray overhead over serial client compute | {r['ray_overhead_per_round_s']:.3f} | |",

@@ -9,11 +9,13 @@ and carries no identifiers.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
+from io import BytesIO
 from typing import Final
 
 import numpy as np
 import torch
-from flwr.app import Array
+from flwr.app import Array, ArrayRecord
 
 from client.evaluation import SiteCounts
 from client.schema import AGE_BANDS, TASKS
@@ -94,6 +96,35 @@ def array_numpy(array: Array) -> np.ndarray:
             if flat.size == int(np.prod(array.shape)):
                 return flat.reshape(array.shape).copy()
     return array.numpy()
+
+
+@lru_cache(maxsize=256)
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` (version 1.0) header ``np.save`` writes for a C-ordered array."""
+    buf = BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def numpy_array(value: np.ndarray | torch.Tensor) -> Array:
+    """A Flower `Array` of ``value``, byte for byte what ``Array(ndarray)`` stores.
+
+    ``Array(ndarray)`` runs ``np.save`` into a buffer, which formats the header anew for
+    every array; the header of a (dtype, shape) is cached here instead. Object arrays go
+    through ``Array`` (which refuses them, as ``np.save`` without pickle does).
+    """
+    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if arr.dtype.hasobject:
+        return Array(arr)
+    arr = arr if arr.flags.c_contiguous else arr.copy(order="C")  # keeps 0-d arrays 0-d
+    data = _npy_header(np.lib.format.dtype_to_descr(arr.dtype), arr.shape) + arr.tobytes()
+    return Array(dtype=str(arr.dtype), shape=tuple(int(n) for n in arr.shape), stype="numpy.ndarray",
+                 data=data)
+
+
+def numpy_record(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRecord:
+    """An ``ArrayRecord`` of a state dict or of named arrays (`numpy_array` for each entry)."""
+    return ArrayRecord({k: numpy_array(v) for k, v in arrays.items()})
 
 
 def record_tensors(record: Mapping[str, Array]) -> dict[str, torch.Tensor]:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from client.app import build_model
 from client.atomic import atomic_dir, write_parquet
-from client.payload import array_numpy
+from client.payload import array_numpy, numpy_record
 from server.privacy import privatize
 from strategies.base import get_method, seed_torch
 from strategies.core import class_weights
@@ -85,7 +85,7 @@ def initial_arrays(plan: FederationPlan, dim: int) -> ArrayRecord:
     cfg = ConfigRecord({"method": s.method, "task": s.task, "n-domains": len(plan.domains),
                         "class-weights": list(plan.class_weights),
                         "method-config": json.dumps(s.method_overrides)})
-    return ArrayRecord(build_model(cfg, dim).state_dict())
+    return numpy_record(build_model(cfg, dim).state_dict())
 
 
 def history_parts(out: Path) -> list[Path]:
@@ -171,7 +171,7 @@ def restore(out: Path, strategy: FedMammoStrategy) -> tuple[int, ArrayRecord]:
     strategy.load_state_dict(state["strategy"])
     strategy.history = [pd.read_parquet(p) for p in history_parts(out) if part_round(p) <= done]
     with np.load(folder / "arrays.npz") as npz:
-        arrays = ArrayRecord({k: Array(npz[k]) for k in npz.files})
+        arrays = numpy_record({k: npz[k] for k in npz.files})
     return done, arrays
 
 

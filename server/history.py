@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from client.evaluation import GROUP_KINDS, SiteCounts
-from server.groups import GroupMetrics
-from server.metrics import aggregate_counts, f1_per_class, macro_f1, site_summary
+from server.metrics import _fpr_all, _tpr_all, aggregate_counts, f1_per_class, macro_f1, site_summary
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "mode", "fm", "task", "method", "trained_on", "round",
@@ -37,6 +36,8 @@ class RunKey:
 
 
 _FIELDS = ("site", "group_kind", "group", "metric", "class", "value")
+#: (site, group kind, group → (C, C) counts): one block of groups compared with each other.
+_Block = tuple[str, str, dict[str, np.ndarray]]
 
 
 class _Columns:
@@ -44,17 +45,16 @@ class _Columns:
 
     def __init__(self) -> None:
         self.values: list[np.ndarray] = []
-        # Labels as flat Python lists: a scalar label repeats by list multiplication,
-        # cheaper than an array per call (a round adds a few hundred small blocks).
-        self.labels: dict[str, list[object]] = {f: [] for f in _FIELDS[:-1]}
+        self.labels: dict[str, list[np.ndarray]] = {f: [] for f in _FIELDS[:-1]}
 
-    def add(self, value: np.ndarray | float, **labels: object) -> None:
-        """Rows of ``value`` (one per element); each label is a scalar or an array as long."""
-        values = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    def add(self, value: np.ndarray | Sequence[float], **labels: object) -> None:
+        """Rows of ``value`` (one per element); each label is a string or a sequence as long."""
+        values = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
         self.values.append(values)
-        for name, column in self.labels.items():
+        for name, parts in self.labels.items():
             label = labels["class_" if name == "class" else name]
-            column.extend([label] * values.size if np.isscalar(label) else label)
+            parts.append(np.full(values.size, label, dtype=object) if isinstance(label, str)
+                         else np.asarray(label, dtype=object))
 
     def frame(self, key: RunKey) -> pd.DataFrame:
         """The rows with the run's key columns, in `METRIC_COLUMNS` order."""
@@ -62,37 +62,73 @@ class _Columns:
         n = value.size
         data = {name: np.full(n, getattr(key, name), dtype=object)
                 for name in ("mode", "fm", "task", "method", "trained_on")}
-        data |= {f: np.array(column, dtype=object) if column else np.zeros(0, dtype=object)
-                 for f, column in self.labels.items()}
+        data |= {f: np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+                 for f, parts in self.labels.items()}
         data["round"] = pd.array([key.round] * n, dtype="Int64")
         data["value"] = value
         return pd.DataFrame({c: data[c] for c in METRIC_COLUMNS})
 
 
-def _f1_rows(out: _Columns, site: str, cm: np.ndarray, classes: Sequence[str]) -> None:
-    out.add([macro_f1(cm), float(cm.sum())], site=site, group_kind="site", group=site,
-            metric=["f1", "n"], class_=["macro", "all"])
-    out.add(f1_per_class(cm), site=site, group_kind="site", group=site, metric="f1", class_=list(classes))
+def _f1_rows(out: _Columns, sites: Sequence[SiteCounts], classes: Sequence[str]) -> None:
+    """Per site: macro-F1, support, and per-class F1 (`server.metrics` on a stack of totals)."""
+    totals = np.stack([sc.total() for sc in sites])
+    per_class = f1_per_class(totals)
+    present = (totals.sum(axis=1) + totals.sum(axis=2)) > 0
+    n_present = present.sum(axis=1)
+    macro = np.full(len(sites), np.nan)
+    np.divide((per_class * present).sum(axis=1), n_present, out=macro, where=n_present > 0)
+    width = 2 + len(classes)
+    values = np.column_stack([macro, totals.sum(axis=(1, 2)), per_class])
+    names = np.repeat(np.array([sc.site for sc in sites], dtype=object), width)
+    out.add(values, site=names, group_kind="site", group=names,
+            metric=np.tile(np.array(["f1", "n"] + ["f1"] * len(classes), dtype=object), len(sites)),
+            class_=np.tile(np.array(["macro", "all", *classes], dtype=object), len(sites)))
 
 
-def _fairness_rows(out: _Columns, site: str, kind: str, gm: GroupMetrics) -> None:
-    """Per-group TPR/FPR/support and EOD/AOD against the rest of the groups."""
-    tables = [(gm.rate_arrays(), ("tpr", "fpr", "support"))]
-    if len(gm.groups) > 1:
-        tables.append((gm.vs_rest_arrays(), ("eod", "aod")))
-    c = len(gm.class_names)
-    groups = np.repeat(np.array(gm.groups, dtype=object), c)
-    classes = np.tile(np.array(gm.class_names, dtype=object), len(gm.groups))
-    for arrays, metrics in tables:
-        k = len(metrics)
-        # Record-major, metric-minor: the order of one row per (group, class, metric).
-        out.add(np.stack([arrays[m] for m in metrics], axis=1).ravel(), site=site, group_kind=kind,
-                group=np.repeat(groups, k), metric=np.tile(np.array(metrics, dtype=object), len(groups)),
-                class_=np.repeat(classes, k))
+def _blocks(sites: Sequence[SiteCounts], kinds: Sequence[str]) -> list[_Block]:
+    """Every (site, group kind)'s groups, then the pooled ones (``site = "all"``, sites as groups)."""
+    out: list[_Block] = []
+    for sc in sites:
+        by_kind: dict[str, dict[str, np.ndarray]] = {}
+        for (kind, group), cm in sc.counts.items():
+            by_kind.setdefault(kind, {})[group] = cm
+        out += [(sc.site, kind, by_kind[kind]) for kind in kinds if kind in by_kind]
+    pooled = aggregate_counts(sites)
+    for kind in ("site", *kinds):
+        groups = {g: cm for (k, g), cm in pooled.items() if k == kind}
+        if groups:
+            out.append((ALL_SITES, kind, groups))
+    return out
+
+
+def _fairness_rows(out: _Columns, blocks: list[_Block], classes: Sequence[str]) -> None:
+    """Per group TPR/FPR/support, and EOD/AOD against the rest of its block's groups.
+
+    All blocks' groups are one (N, C, C) stack, so each rate is one vectorised call
+    (the same definitions as `server.groups.GroupMetrics`, which tests compare).
+    """
+    names = [(site, kind, g) for site, kind, groups in blocks for g in sorted(groups)]
+    cms = np.stack([cm for _, _, groups in blocks for _, cm in sorted(groups.items())])
+    sizes = np.array([len(groups) for _, _, groups in blocks])
+    block = np.repeat(np.arange(len(blocks)), sizes)
+    rest = np.add.reduceat(cms, np.r_[0, np.cumsum(sizes)[:-1]], axis=0)[block] - cms
+    tpr, fpr = _tpr_all(cms), _fpr_all(cms)
+    eod = tpr - _tpr_all(rest)
+    tables = [(np.stack([tpr, fpr, cms.sum(axis=-1)], axis=-1), ("tpr", "fpr", "support"), slice(None)),
+              (np.stack([eod, eod + fpr - _fpr_all(rest)], axis=-1), ("eod", "aod"), sizes[block] > 1)]
+    labels = np.array(names, dtype=object)
+    c = len(classes)
+    for values, metrics, keep in tables:
+        k, rows = len(metrics), labels[keep]
+        per_row = np.repeat(rows, c * k, axis=0)
+        out.add(values[keep], site=per_row[:, 0], group_kind=per_row[:, 1], group=per_row[:, 2],
+                metric=np.tile(np.array(metrics, dtype=object), len(rows) * c),
+                class_=np.tile(np.repeat(np.array(classes, dtype=object), k), len(rows)))
 
 
 def rows_from_counts(
-    key: RunKey, sites: Sequence[SiteCounts], classes: Sequence[str], label_kind: str | None = None
+    key: RunKey, sites: Sequence[SiteCounts], classes: Sequence[str], label_kind: str | None = None,
+    scalars: Sequence[dict[str, object]] = (),
 ) -> pd.DataFrame:
     """Turn one model's per-site counts into tidy history rows.
 
@@ -101,12 +137,16 @@ def rows_from_counts(
     key : RunKey
         Mode, FM, task, method, training sites and round of the model.
     sites : sequence of SiteCounts
-        The counts each test site sent.
+        The counts each test site sent (may be empty when ``scalars`` are given).
     classes : sequence of str
         Class names of the task.
     label_kind : str, optional
         A group kind that *is* the label (density on the density task): it is skipped,
         since every group would hold a single true class.
+    scalars : sequence of dict, optional
+        Per-site scalars as ``site``, ``metric``, ``value`` dicts (train losses, missing
+        sites, strategy state): rows with the site as group and class ``all``, in the same
+        frame (a federated round writes one frame).
 
     Returns
     -------
@@ -116,36 +156,24 @@ def rows_from_counts(
         same for subgroups and for sites as groups; and the across-site summary
         ``f1_mean``, ``f1_sd``, ``f1_worst``.
     """
-    out = _Columns()
-    kinds = [k for k in GROUP_KINDS[1:] if k != label_kind]
-    for sc in sorted(sites, key=lambda s: s.site):
-        _f1_rows(out, sc.site, sc.total(), classes)
-        for kind in kinds:
-            groups = {g: cm for (k, g), cm in sc.counts.items() if k == kind}
-            if groups:
-                _fairness_rows(out, sc.site, kind, GroupMetrics(groups, classes))
-    pooled = aggregate_counts(sites)
-    for kind in ("site", *kinds):
-        groups = {g: cm for (k, g), cm in pooled.items() if k == kind}
-        if groups:
-            _fairness_rows(out, ALL_SITES, kind, GroupMetrics(groups, classes))
-    summary = site_summary({sc.site: macro_f1(sc.total()) for sc in sites})
-    out.add([summary[n] for n in ("mean", "sd", "worst")], site=ALL_SITES, group_kind="site",
-            group=ALL_SITES, metric=["f1_mean", "f1_sd", "f1_worst"], class_="macro")
+    out, classes = _Columns(), [str(c) for c in classes]
+    if sites:
+        ordered = sorted(sites, key=lambda s: s.site)
+        _f1_rows(out, ordered, classes)
+        _fairness_rows(out, _blocks(ordered, [k for k in GROUP_KINDS[1:] if k != label_kind]), classes)
+        summary = site_summary({sc.site: macro_f1(sc.total()) for sc in sites})
+        out.add([summary[n] for n in ("mean", "sd", "worst")], site=ALL_SITES, group_kind="site",
+                group=ALL_SITES, metric=["f1_mean", "f1_sd", "f1_worst"], class_="macro")
+    _scalar_rows(out, scalars)
     return out.frame(key)
 
 
-def site_rows(key: RunKey, rows: Sequence[dict[str, object]]) -> pd.DataFrame:
-    """History rows of per-site scalars given as ``site``, ``metric``, ``value`` dicts.
-
-    Train losses, missing sites and strategy state: the group is the site, the class ``all``.
-    """
-    out = _Columns()
+def _scalar_rows(out: _Columns, rows: Sequence[dict[str, object]]) -> None:
+    """Rows of per-site scalars: the group is the site, the class ``all``."""
     if rows:
         sites = [r["site"] for r in rows]
         out.add([float(r["value"]) for r in rows], site=sites, group_kind="site", group=sites,
                 metric=[r["metric"] for r in rows], class_="all")
-    return out.frame(key)
 
 
 def final_round(history: pd.DataFrame) -> pd.DataFrame:

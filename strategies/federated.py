@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from client.payload import array_numpy, decode_counts
+from client.payload import array_numpy, decode_counts, numpy_record
 from client.schema import task_classes
-from server.history import ALL_SITES, RunKey, rows_from_counts, site_rows
+from server.history import ALL_SITES, RunKey, rows_from_counts
 from sim.config import build
 from strategies.base import MethodConfig, get_method
 
@@ -241,7 +241,7 @@ class FedMammoStrategy(FedAvg):
         self._pending_rows = rows + self.round_rows(rnd)
         n = sum(int(mr["num-examples"]) for mr in metrics)
         loss = sum(float(mr["train_loss"]) * int(mr["num-examples"]) for mr in metrics) / n
-        return ArrayRecord({k: Array(v) for k, v in merged.items()}), MetricRecord(
+        return numpy_record(merged), MetricRecord(
             {"train_loss": loss, "num-sites": len(sites)})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -252,16 +252,14 @@ class FedMammoStrategy(FedAvg):
         p = self.plan
         s = p.settings
         key = RunKey("federated", s.fm, s.task, s.method, ALL_SITES, rnd)
-        frame = rows_from_counts(key, counts, task_classes(s.task), s.task) if counts else None
         missing = [s for s in p.sites if s not in {c.site for c in counts}]
         extra = self._pending_rows + [
             {"site": s, "metric": "eval_missing", "value": 1.0} for s in missing]
         extra.append({"site": ALL_SITES, "metric": "n_missing", "value": float(len(missing))})
-        self.history.extend([f for f in (frame, site_rows(key, extra)) if f is not None])
+        frame = rows_from_counts(key, counts, task_classes(s.task), s.task, scalars=extra)
+        self.history.append(frame)
         self._pending_rows = []
         if self.on_round_end is not None:
             self.on_round_end(rnd)
-        f1 = np.nan
-        if frame is not None:
-            f1 = float(frame["value"].to_numpy()[frame["metric"].to_numpy() == "f1_mean"][0])
-        return MetricRecord({"f1-mean": f1, "n-missing": len(missing)})
+        f1 = frame["value"].to_numpy()[frame["metric"].to_numpy() == "f1_mean"]
+        return MetricRecord({"f1-mean": float(f1[0]) if f1.size else np.nan, "n-missing": len(missing)})

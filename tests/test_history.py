@@ -84,3 +84,37 @@ def test_table3_marks_significance():
     assert bad["p_vs_ref_fm_less"] < 0.05 and "†" in bad["marks"]
     md = table3_markdown(cells, "density", ["good", "bad"])
     assert "| Unified | **0.8" in md and md.count("\n|") == 6
+
+
+def test_rows_match_group_metrics_per_block():
+    """The vectorised rows equal `GroupMetrics` (an independent per-block path) group by group."""
+    from server.groups import GroupMetrics
+    from server.metrics import aggregate_counts
+
+    counts, _ = _sites(seed=3, n_sites=5)
+    classes = ("healthy", "benign", "malignant")
+    df = rows_from_counts(RunKey("federated", "fm", "diagnosis", "m", "all", 4), counts, classes,
+                          scalars=[{"site": "S1", "metric": "train_loss", "value": 0.25}])
+    blocks = [(sc.site, kind, {g: cm for (k, g), cm in sc.counts.items() if k == kind})
+              for sc in counts for kind in ("density", "age_band")]
+    pooled = aggregate_counts(counts)
+    blocks += [("all", kind, {g: cm for (k, g), cm in pooled.items() if k == kind})
+               for kind in ("site", "density", "age_band")]
+    for site, kind, groups in blocks:
+        gm = GroupMetrics(groups, classes)
+        want = gm.by_group().merge(gm.difference_vs_rest(), on=["group", "class"])
+        rates = df.metric.isin(["tpr", "fpr", "support", "eod", "aod"])
+        got = df[(df.site == site) & (df.group_kind == kind) & rates].pivot_table(
+            index=["group", "class"], columns="metric", values="value", dropna=False)
+        for metric in ("tpr", "fpr", "support", "eod", "aod"):
+            expect = want.set_index(["group", "class"])[metric].sort_index()
+            np.testing.assert_allclose(got[metric].sort_index().to_numpy(), expect.to_numpy(), atol=1e-12)
+    loss = df[df.metric == "train_loss"]
+    assert loss[["site", "group", "class"]].values.tolist() == [["S1", "S1", "all"]]
+    assert loss["value"].item() == 0.25 and set(df["round"]) == {4}
+
+
+def test_scalars_alone_make_a_frame():
+    df = rows_from_counts(RunKey("federated", "fm", "density", "m", "all", 1), [], ("a", "b"),
+                          scalars=[{"site": "all", "metric": "n_missing", "value": 3.0}])
+    assert tuple(df.columns) == METRIC_COLUMNS and df["value"].tolist() == [3.0]

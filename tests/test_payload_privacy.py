@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from flwr.app import Message
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import recorddict_to_proto
@@ -106,3 +107,30 @@ def test_fast_array_decoding_equals_flowers(array):
     assert ours.flags.writeable  # a copy, like np.load's: callers may write into it
     ours[...] = 0
     np.testing.assert_array_equal(wire.numpy(), array)
+
+
+@pytest.mark.parametrize("value", [
+    np.random.default_rng(0).normal(size=(4, 2048)).astype(np.float32), np.arange(6).reshape(2, 3),
+    np.float64(3.5), np.zeros((0, 3), np.float16), np.array([True, False]), np.zeros(2, dtype=">i4"),
+    np.random.default_rng(1).normal(size=(3, 4))[:, ::2], np.asfortranarray(np.ones((3, 4))),
+])
+def test_numpy_array_stores_what_flower_stores(value):
+    from flwr.app import Array
+
+    from client.payload import array_numpy, numpy_array
+
+    value = np.asarray(value)
+    ours, flower = numpy_array(value), Array(value)
+    assert (ours.dtype, ours.shape, ours.stype) == (flower.dtype, flower.shape, flower.stype)
+    if value.flags.c_contiguous:
+        assert ours.data == flower.data  # byte for byte what np.save writes
+    np.testing.assert_array_equal(ours.numpy(), value)
+    np.testing.assert_array_equal(array_numpy(ours), value)
+
+
+def test_numpy_record_takes_a_torch_state_dict():
+    from client.payload import numpy_record, record_tensors
+
+    state = torch.nn.Linear(5, 3).state_dict()
+    back = record_tensors(numpy_record(state))
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
