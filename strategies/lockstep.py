@@ -208,7 +208,7 @@ def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGro
     xb3n, qtn, zn, gtn = xb.numpy().reshape(f, b, d1), q.numpy().transpose(0, 2, 1), z.numpy(), gt.numpy()
     lr_cols, lrwd = lr.numpy().reshape(1, 1, -1), (lr * weight_decay).view(1, -1, 1)
     if dro is not None:
-        gn, present = dro_plan(group.dro, idx.view(-1, f, b), plan["valid"])
+        dro.epoch(plan["onehot"], plan["cwy"], *dro_plan(group.dro, idx.view(-1, f, b), plan["valid"]))
     # Per-step views made once per epoch: indexing a tensor in the loop costs a microsecond each.
     ks = [sum(1 for n in nbs if n > i) for i in range(nbs[0])]
     z4, dzn_shape = z.view(f, b, len(group.lrs), -1), (f, b, lc)
@@ -216,7 +216,7 @@ def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGro
         torch.index_select(x, 0, rows, out=xb)
         np.multiply(np.matmul(xb3n, qtn, out=zn), lr_cols, out=zn)
         if dro is not None:
-            dz = dro.grad(z4, plan["onehot"][i], plan["cwy"][i], gn[i], present[i], ks[i])
+            dz = torch.from_numpy(dro.grad(z4.numpy(), i, ks[i]))
         elif group.moe is not None:
             dz = moe_grad(group.moe, z4, plan["onehot"][i], plan["wr"][i], plan["dom"][i])
         else:

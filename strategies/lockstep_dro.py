@@ -66,36 +66,49 @@ def dro_plan(dro: DroSpec, idx: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class DroState:
-    """The adversary weights of every run and the step that turns logits into dZ."""
+    """The adversary weights of every run and the step that turns logits into dZ.
+
+    The step's arrays are a few thousand numbers, where each torch call costs several
+    microseconds of dispatch: it runs in numpy on views of the epoch's plan (made once
+    per epoch by `epoch`), as the lockstep engine's products do.
+    """
 
     def __init__(self, dro: DroSpec, f: int, lcount: int) -> None:
         self.eta = dro.eta
-        self.q = torch.full((f, lcount, dro.n_groups), 1.0 / dro.n_groups, dtype=torch.float64)
+        # log q is what each step needs (q' = softmax(log q + step)); q's own log is kept.
+        self.log_q = np.full((f, lcount, dro.n_groups), np.log(1.0 / dro.n_groups))
+        self._steps: list[tuple[np.ndarray, ...]] = []
 
-    def grad(self, z: Tensor, onehot: Tensor, cwy: Tensor, gn: Tensor, present: Tensor, k: int) -> Tensor:
-        """Logit gradient (F, B, L, C) of the robust loss; q moves for the first ``k`` (active) folds only.
+    def epoch(self, onehot: Tensor, cwy: Tensor, gn: Tensor, present: Tensor) -> None:
+        """Take this epoch's per-step plan as numpy views, one tuple per step.
 
-        Parameters
-        ----------
-        z : Tensor
-            (F, B, L, C) logits.
-        onehot : Tensor
-            (F, B, 1, C) one-hot labels.
-        cwy : Tensor
-            (F, B, 1) class weight of each row's label.
-        gn, present : Tensor
-            This step's `dro_plan` entries.
-        k : int
-            Active folds.
+        ``onehot`` (S, F, B, 1, C), ``cwy`` (S, F, B, 1), and `dro_plan`'s ``gn``
+        (S, F, B, G) and ``present`` (S, F, 1, G).
         """
-        logp = torch.log_softmax(z, dim=-1)
-        wce = cwy * -(logp * onehot).sum(-1)  # (F, B, L)
-        losses = torch.bmm(wce.transpose(1, 2), gn)  # (F, L, G)
-        step = torch.where(present, self.eta * losses.double(), torch.zeros((), dtype=torch.float64))
-        q = torch.softmax(torch.log(self.q) + step, dim=-1)
-        self.q[:k] = q[:k]
-        rw = torch.bmm(gn, q.to(z.dtype).transpose(1, 2)) * cwy  # (F, B, L)
-        return logp.exp_().sub_(onehot).mul_(rw[..., None])
+        ascent = present.double().mul_(self.eta).numpy()  # η on present groups, 0 elsewhere
+        self._steps = list(zip(onehot.numpy(), cwy.numpy(), gn.numpy(), ascent, strict=True))
+
+    def grad(self, z: np.ndarray, i: int, k: int) -> np.ndarray:
+        """Logit gradient (F, B, L, C) of the robust loss at step ``i`` of the epoch.
+
+        ``z`` is (F, B, L, C) logits; q moves for the first ``k`` (active) folds only.
+        """
+        onehot, cwy, gn, ascent = self._steps[i]
+        top = z.max(-1, keepdims=True)
+        e = np.exp(z - top)
+        total = e.sum(-1, keepdims=True)
+        # -log softmax at the label = log Σ exp + max − z_y
+        wce = cwy * (np.log(total[..., 0]) + top[..., 0] - (z * onehot).sum(-1))  # (F, B, L)
+        logits_q = self.log_q + np.matmul(wce.transpose(0, 2, 1), gn) * ascent  # (F, L, G), float64
+        logits_q -= logits_q.max(-1, keepdims=True)
+        q = np.exp(logits_q)
+        q /= q.sum(-1, keepdims=True)
+        self.log_q[:k] = np.log(q[:k])
+        rw = np.matmul(gn, q.astype(np.float32).transpose(0, 2, 1)) * cwy  # (F, B, L)
+        e /= total
+        e -= onehot
+        e *= rw[..., None]
+        return e
 
 
 def dro_spec(cls: type[Method], data: ArrayData, config: MethodConfig, spec: TaskSpec) -> DroSpec | None:
