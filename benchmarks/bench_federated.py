@@ -33,6 +33,7 @@ from client.feature_store import read_entry
 from client.local import SiteTask, site_task
 from server.app import FederatedSettings, history_parts
 from sim.federated import run_inprocess
+from sim.parallel import one_thread
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
 from strategies.base import TaskSpec, get_method
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    one_thread()  # as the pooled and federated runners set up their processes
     # The first optimiser of a process imports torch's compiler stack: keep it out of the timings.
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     sites = [s.name for s in load_sites()]

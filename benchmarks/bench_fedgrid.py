@@ -1,4 +1,6 @@
-"""The whole federated grid of paper.toml (5 FMs × 2 tasks × all methods × 50 rounds), estimated.
+"""The whole federated grid of paper.toml (5 FMs × 2 tasks × all methods × its rounds), estimated.
+
+paper.toml's ``[federated]`` table sets the rounds (50) and local epochs (1) of each run.
 
 Per method, at Table-2 scale on the density task, the in-process engine's marginal round
 (a 3-round run minus a 1-round run) and its fixed cost (the 1-round run minus one round),
@@ -10,7 +12,7 @@ one in-process federation per core (`fedmammo simulate --jobs 0`): the runs deal
 workers longest first, each slowed by the factor measured here when one run per core
 goes at once (shared caches and memory bandwidth).
 
-    python benchmarks/bench_fedgrid.py [--rounds 50]
+    python benchmarks/bench_fedgrid.py [--rounds R]
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import tomllib
-import torch
 from common import emit
 from fedgrid_model import makespan, run_seconds
 from grid_model import DIMS, kernel_seconds
@@ -31,7 +32,7 @@ from grid_model import DIMS, kernel_seconds
 from client.feature_store import read_entry
 from client.local import site_task
 from sim.experiment import Experiment, load_experiment
-from sim.parallel import map_ordered, resolve_workers
+from sim.parallel import map_ordered, one_thread, resolve_workers
 from sim.runner import write_synthetic_store
 from sim.simulate import settings_for
 from sim.sites import load_sites
@@ -60,13 +61,14 @@ def round_steps(store: Path, local_epochs: int, batch_size: int) -> int:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results with a ``markdown`` section."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--rounds", type=int, help="default: paper.toml's [federated] rounds")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    one_thread()  # as the pooled and federated runners set up their processes
     paper = tomllib.loads(PAPER.read_text())
     exp = load_experiment(PAPER)
+    args.rounds = args.rounds or exp.federated.rounds
     methods, per = list(exp.federated_methods), {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -40,6 +40,7 @@ from sklearn.metrics import f1_score
 from client.feature_store import read_entry
 from client.local import site_task
 from client.schema import task_classes
+from sim.parallel import one_thread
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
 from strategies import lockstep as ls
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline-repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    one_thread()  # as the pooled and federated runners set up their processes
     paper = tomllib.loads(PAPER.read_text())
     c = len(task_classes(args.task))
     with tempfile.TemporaryDirectory() as tmp:

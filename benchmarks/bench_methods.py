@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from common import emit
 
+from sim.parallel import one_thread
 from strategies import load_all
 from strategies.base import REGISTRY, Batch, TaskSpec
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    one_thread()  # as the pooled and federated runners set up their processes
     load_all()
     # Repeats interleave the methods, so load changes hit every method alike.
     runs = [{name: 1e3 * time_updates(name, args.dim, args.steps) for name in sorted(REGISTRY)}

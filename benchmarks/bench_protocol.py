@@ -22,6 +22,7 @@ from common import emit
 from client.feature_store import read_entry
 from client.local import site_task
 from sim.experiment import Experiment, ProtocolConfig, StudyConfig
+from sim.parallel import one_thread
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
 from strategies.core import concat
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    one_thread()  # as the pooled and federated runners set up their processes
     sites = load_sites()
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic_store(tmp, sites, [args.fm], args.scale, 0, show_progress=False)

@@ -28,6 +28,7 @@ from client.payload import encode_counts, numpy_record, record_tensors
 from client.privacy import clip_if_requested
 from client.schema import SENSITIVE_SIZES, task_classes
 from sim.config import build
+from strategies.allocator import retain_freed_memory
 from strategies.base import Method, TaskSpec, get_method, seed_torch, weighted_cross_entropy
 from strategies.core import HParams, fit_epochs, fit_steps, predict
 
@@ -170,6 +171,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train(mods=[clip_if_requested])
 def train(msg: Message, context: Context) -> Message:
     """Run the method's local update for the configured epochs from the global model."""
+    retain_freed_memory()  # once per process: Ray actors and deployed nodes train here
     cfg, site, data, model = _received(msg, context)
     model.begin_round(dict(cfg))
     global_loss = _label_loss(model, data)

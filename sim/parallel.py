@@ -27,6 +27,7 @@ from client.feature_store import SiteFeatures, list_entries, read_entry
 from client.local import SiteTask
 from sim.experiment import Experiment
 from sim.pooled import jobs, load_tasks, n_domains, train_job
+from strategies.allocator import retain_freed_memory
 
 Unit = tuple[str, str, int]  # (fm, task, index into the task's jobs)
 T = TypeVar("T")
@@ -60,14 +61,16 @@ def _tasks(store: Path, exp: Experiment, fm: str, task: str) -> tuple[dict[str, 
 
 
 def one_thread() -> None:
-    """One thread for torch's kernels and for numpy's BLAS in this process.
+    """One thread for torch's kernels and numpy's BLAS; an allocator that keeps freed memory.
 
     Probes are tiny: thread hand-offs cost more than they save, and worker processes
     already take one core each. numpy's BLAS (the lockstep and probe products) keeps
-    its own pool, which would otherwise start a thread per core.
+    its own pool, which would otherwise start a thread per core. The allocator:
+    `strategies.allocator.retain_freed_memory`.
     """
     torch.set_num_threads(1)
     threadpool_limits(limits=1, user_api="blas")
+    retain_freed_memory()
 
 
 def _init_worker() -> None:

@@ -79,6 +79,7 @@ from strategies.base import (
     weighted_cross_entropy,
 )
 from strategies.fades_cmi import LEAK, conditional_mutual_information, frozen_pair_probs
+from strategies.fades_update import manual_update, permute_blocks
 
 N_BLOCKS = 4  # z_x, z_y, z_s, z_r
 
@@ -115,11 +116,6 @@ class FadesConfig(MethodConfig):
     lambda_tc: float = 1e2
     lambda_fair: float = 1e2
     fair_warmup_epochs: int = 1
-
-
-def permute_blocks(blocks: list[Tensor]) -> Tensor:
-    """Concatenate ``blocks`` after shuffling each over the batch independently (FactorVAE)."""
-    return torch.cat([b[torch.randperm(b.shape[0], device=b.device)] for b in blocks], dim=-1)
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -239,7 +235,18 @@ class Fades(Method):
                       + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
 
     def update(self, batch: Batch) -> dict[str, float]:
-        """Main step on encoder, decoder and heads, then one discriminator step."""
+        """Main step on encoder, decoder and heads, then one discriminator step.
+
+        In training on the CPU in float32 the gradients are written by hand
+        (`strategies.fades_update`, tested against `autograd_update` step by step).
+        """
+        assert self.optimizer is not None and self.disc_optimizer is not None, "configure_optimizer first"
+        if self.training and batch.x.is_cpu and batch.x.dtype == torch.float32:
+            return manual_update(self, batch)
+        return self.autograd_update(batch)
+
+    def autograd_update(self, batch: Batch) -> dict[str, float]:
+        """`update` by autograd on `terms` and `discriminator_loss` (the reference path)."""
         assert self.optimizer is not None and self.disc_optimizer is not None, "configure_optimizer first"
         self.optimizer.zero_grad(set_to_none=True)
         t, tc_z = self.terms(batch)

@@ -225,3 +225,38 @@ def test_split_first_layer_equals_the_head_on_the_pair_grid() -> None:
     torch.testing.assert_close(z_a.grad, ref_a.grad, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(z_r.grad, ref_r.grad, atol=1e-6, rtol=1e-5)
     assert all(p.grad is None for p in head.parameters())
+
+
+@pytest.mark.parametrize(("optimizer", "weight_decay"), [("adam", 0.0), ("adam", 1e-2), ("sgd", 0.0)])
+def test_hand_written_update_follows_autograd_step_by_step(optimizer: str, weight_decay: float) -> None:
+    # `Fades.update` writes the gradients by hand (`strategies.fades_update`); autograd on
+    # `terms` and `discriminator_loss` (`autograd_update`) is the oracle, with the same
+    # random draws, over steps with and without the fairness term and with unknown groups.
+    fast, slow = (_model(optimizer=optimizer, weight_decay=weight_decay) for _ in range(2))
+    for m in (fast, slow):
+        m.class_weights = torch.tensor([0.5, 1.0, 2.0])
+        m.configure_optimizer(1e-3)
+    for step in range(12):
+        for m in (fast, slow):
+            m.begin_epoch(0.0 if step < 4 else 0.5)  # the fairness term joins at step 4
+        b = _batch(n=10, seed=20 + step)
+        b.group[step % 3 :: 4] = -1
+        if step == 7:
+            b.group[:] = -1  # no known group: CE(s) and both CMI terms vanish
+        torch.manual_seed(step)
+        got = fast.update(b)
+        torch.manual_seed(step)
+        want = slow.autograd_update(b)
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert "fair" in got
+
+
+def test_update_in_eval_mode_keeps_autograd_path() -> None:
+    model = _model()
+    model.eval()  # no sampling noise: the reference path, not the hand-written one
+    logs = model.update(_batch())
+    assert np.isfinite(logs["loss"])

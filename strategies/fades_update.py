@@ -1,0 +1,170 @@
+r"""FADES' update with its gradient written out by hand (`strategies.fades.Fades.update`).
+
+The same two steps as autograd on `Fades.terms` / `Fades.discriminator_loss` (tested
+step by step to float round-off, same random draws in the same order): the main step
+on encoder, decoder and heads, then the TC discriminator's. At batch 32 autograd's
+graph over some 40 small layers and fresh gradient tensors cost about as much as the
+arithmetic. The fairness term (the heads on all :math:`N^2` latent pairs) keeps
+autograd, on the latents alone.
+
+Every MLP here is Linear, LeakyReLU(`LEAK`), ..., Linear, so one forward that keeps each
+layer's input and pre-activation, and one backward over them, serve them all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
+
+from strategies.base import Batch, linear_grads, optimizer_step, softmax_cross_entropy
+from strategies.fades_cmi import LEAK
+
+if TYPE_CHECKING:
+    from strategies.fades import Fades
+
+#: (output, each Linear's input, each hidden pre-activation) of `mlp_forward`.
+Trace = tuple[Tensor, list[Tensor], list[Tensor]]
+
+
+def permute_blocks(blocks: list[Tensor]) -> Tensor:
+    """Concatenate ``blocks`` after shuffling each over the batch independently (FactorVAE)."""
+    return torch.cat([b[torch.randperm(b.shape[0], device=b.device)] for b in blocks], dim=-1)
+
+
+def linears(mlp: nn.Module) -> list[nn.Linear]:
+    """The Linear layers of an MLP, in order (a LeakyReLU(`LEAK`) between consecutive ones)."""
+    return [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+
+
+def mlp_forward(layers: list[nn.Linear], x: Tensor) -> Trace:
+    """Run the MLP of ``layers`` on ``x``, keeping what its backward needs."""
+    inputs, pres = [x], []
+    h = torch.addmm(layers[0].bias, x, layers[0].weight.T)
+    for layer in layers[1:]:
+        pres.append(h)
+        inputs.append(F.leaky_relu(h, LEAK))
+        h = torch.addmm(layer.bias, inputs[-1], layer.weight.T)
+    return h, inputs, pres
+
+
+def mlp_backward(layers: list[nn.Linear], d_out: Tensor, trace: Trace, weights: bool = True,
+                 d_input: bool = True) -> Tensor | None:
+    """Backpropagate ``d_out`` through a `mlp_forward` trace.
+
+    Writes every layer's weight and bias gradient when ``weights``; returns dL/d(input)
+    when ``d_input`` (else None, saving the first layer's input product).
+    """
+    _, inputs, pres = trace
+    d = d_out
+    for k in range(len(layers) - 1, -1, -1):
+        if weights:
+            linear_grads(layers[k], d, inputs[k])
+        if k == 0 and not d_input:
+            return None
+        d = d @ layers[k].weight
+        if k:
+            d = torch.ops.aten.leaky_relu_backward(d, pres[k - 1], LEAK, False)
+    return d
+
+
+def _cat(traces: tuple[Trace, Trace]) -> Trace:
+    """Two traces of the same MLP as one over their stacked rows (rows are independent)."""
+    (a, ia, pa), (b, ib, pb) = traces
+    return (torch.cat([a, b]), [torch.cat(p) for p in zip(ia, ib, strict=True)],
+            [torch.cat(p) for p in zip(pa, pb, strict=True)])
+
+
+def manual_update(model: Fades, batch: Batch) -> dict[str, float]:
+    """One main step and one discriminator step of ``model`` on ``batch``; returns the logs.
+
+    Parameters
+    ----------
+    model : Fades
+        A model on the CPU in float32, its optimizers configured, in training mode.
+    batch : Batch
+        The minibatch.
+
+    Returns
+    -------
+    dict of str to float
+        As `Fades.update`: ``loss``, every term of `Fades.terms`, and ``disc``.
+    """
+    with torch.no_grad():
+        terms, (d_enc, enc), tc = _main_gradients(model, batch)
+        mlp_backward(linears(model.encoder), d_enc, enc, d_input=False)
+    optimizer_step(model.optimizer)
+    with torch.no_grad():
+        disc = _discriminator_gradients(model, tc)
+    optimizer_step(model.disc_optimizer)
+    logs = {k: float(v) for k, v in terms.items()}
+    return {"loss": float(model.combine(terms)), **logs, "disc": float(disc)}
+
+
+def _main_gradients(model: Fades, batch: Batch) -> tuple[dict[str, Tensor], tuple[Tensor, Trace], Trace]:
+    """The terms of `Fades.terms`; writes the decoder's and heads' gradients.
+
+    Returns the terms, dL/d(encoder output) with the encoder's trace, and the
+    discriminator's trace on the real rows.
+    """
+    c, x, n = model.config, batch.x, batch.x.shape[0]
+    enc = mlp_forward(linears(model.encoder), x)
+    mu, logvar = enc[0].chunk(2, dim=-1)
+    std = (0.5 * logvar).exp()
+    eps = torch.randn_like(mu)  # the draw `Fades.encode` makes, in the same order
+    z = mu + eps * std
+    _, z_y, z_s, z_r = z.chunk(4, dim=-1)
+    dec = mlp_forward(linears(model.decoder), z)
+    diff = dec[0] - x
+    known = (batch.group >= 0).to(x.dtype)
+    head_y = mlp_forward(linears(model.head_y), torch.cat([z_y, z_r], dim=-1))
+    head_s = mlp_forward(linears(model.head_s), torch.cat([z_s, z_r], dim=-1))
+    tc = mlp_forward(linears(model.discriminator), torch.cat([z_y, z_r, z_s], dim=-1))
+    wce, d_y = softmax_cross_entropy(head_y[0], batch.y, model.class_weights[batch.y] / n)
+    ce_s, d_s = softmax_cross_entropy(head_s[0], batch.group.clamp(min=0), known / known.sum().clamp(min=1))
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
+    terms = {"recon": diff.abs().sum() / n, "kl": kl, "wce_y": wce, "ce_s": ce_s, "tc": tc[0].mean()}
+    d_z = mlp_backward(linears(model.decoder), diff.sign_().div_(n), dec)
+    d_yr = mlp_backward(linears(model.head_y), d_y.mul_(c.lambda_cls), head_y)
+    d_sr = mlp_backward(linears(model.head_s), d_s.mul_(c.lambda_cls * c.alpha), head_s)
+    if not bool(known.any()):  # autograd's CE(s) is then a constant: the head gets no gradient
+        for p in model.head_s.parameters():
+            p.grad = None
+    d_tc = mlp_backward(linears(model.discriminator), torch.full_like(tc[0], c.lambda_tc / n), tc,
+                        weights=False)
+    k = c.latent_dim
+    d_z[:, k:2 * k] += d_yr[:, :k] + d_tc[:, :k]
+    d_z[:, 2 * k:3 * k] += d_sr[:, :k] + d_tc[:, 2 * k:]
+    d_z[:, 3 * k:] += d_yr[:, k:] + d_sr[:, k:] + d_tc[:, k:2 * k]
+    if model.fair_on:
+        d_z += _fairness_gradient(model, z, batch, terms)
+    d_mu = d_z + mu / n
+    d_logvar = d_z.mul_(eps * std).mul_(0.5).add_(logvar.exp().sub_(1.0).mul_(0.5 / n))
+    return terms, (torch.cat([d_mu, d_logvar], dim=-1), enc), tc
+
+
+def _fairness_gradient(model: Fades, z: Tensor, batch: Batch, terms: dict[str, Tensor]) -> Tensor:
+    """λ_fair · d(fair)/dz by autograd on the latents alone; adds ``fair`` to ``terms``."""
+    with torch.enable_grad():
+        latent = z.detach().requires_grad_()
+        fair = model.fairness(latent, batch.y, batch.group)
+        (grad,) = torch.autograd.grad(fair, latent, allow_unused=True)
+    terms["fair"] = fair.detach()
+    return grad * model.config.lambda_fair if grad is not None else torch.zeros_like(z)
+
+
+def _discriminator_gradients(model: Fades, real: Trace) -> Tensor:
+    """BCE of D on the real rows and a block-wise permutation of them; writes D's gradients.
+
+    The real rows' trace is the main pass's: the main step does not move D. Returns the loss.
+    """
+    layers = linears(model.discriminator)
+    z_y, z_r, z_s = real[1][0].chunk(3, dim=-1)
+    fake = mlp_forward(layers, permute_blocks([z_y, z_r, z_s]))
+    n = real[0].shape[0]
+    loss = 0.5 * (F.softplus(-real[0]).mean() + F.softplus(fake[0]).mean())
+    d_out = torch.cat([torch.sigmoid(real[0]).sub_(1.0), torch.sigmoid(fake[0])]).mul_(0.5 / n)
+    mlp_backward(layers, d_out, _cat((real, fake)), d_input=False)
+    return loss
