@@ -163,6 +163,20 @@ def paired(
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
+def ray_figures(store: str, tmp: Path, rounds: int, compute_per_round: float) -> dict[str, float]:
+    """A 2-round and a (2 + ``rounds``)-round Ray run: start-up, marginal round, overhead."""
+    short = ray_seconds(store, f"{tmp}/r1", 2)
+    long_ = ray_seconds(store, f"{tmp}/r2", 2 + rounds)
+    if not (short and long_):
+        return {}
+    # Ray's start-up varies by seconds between runs, more than a few rounds take:
+    # the median gap between the rounds' checkpoint writes is the marginal round.
+    per_round = round_gap(tmp / "r2")
+    return {"ray_2_rounds_s": round(short, 2), "ray_long_rounds_s": round(long_, 2),
+            "ray_per_round_s": round(per_round, 3),
+            "ray_overhead_per_round_s": round(per_round - compute_per_round, 3)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results with a ``markdown`` section."""
     parser = argparse.ArgumentParser()
@@ -198,15 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
                "quick_federated_40_rounds_s": round(quick_s, 2), "pooled_30_epochs_s": round(pooled_s, 2),
                "quick_federated_vs_pooled_ratio": round(quick_s / pooled_s, 2)}
         if not args.no_ray:
-            short = ray_seconds(store, f"{tmp}/r1", 2)
-            long_ = ray_seconds(store, f"{tmp}/r2", 2 + args.rounds)
-            if short and long_:
-                # Ray's start-up varies by seconds between runs, more than a few rounds take:
-                # the median gap between the rounds' checkpoint writes is the marginal round.
-                per_round = round_gap(Path(tmp) / "r2")
-                out |= {"ray_2_rounds_s": round(short, 2), "ray_long_rounds_s": round(long_, 2),
-                        "ray_per_round_s": round(per_round, 3),
-                        "ray_overhead_per_round_s": round(per_round - compute / args.rounds, 3)}
+            out |= ray_figures(store, Path(tmp), args.rounds, compute / args.rounds)
     out["markdown"] = markdown(out)
     return emit(out, args.json)
 
