@@ -207,6 +207,8 @@ def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGro
     xb, z = torch.empty((f * b, d1)), torch.empty((f, b, lc))
     xb3n, qtn, zn, gtn = xb.numpy().reshape(f, b, d1), q.numpy().transpose(0, 2, 1), z.numpy(), gt.numpy()
     lr_cols, lrwd = lr.numpy().reshape(1, 1, -1), (lr * weight_decay).view(1, -1, 1)
+    if group.moe is not None:
+        moe_steps = list(zip(*(plan[k].numpy() for k in ("onehot", "wr", "dom")), strict=True))
     if dro is not None:
         dro.epoch(plan["onehot"], plan["cwy"], *dro_plan(group.dro, idx.view(-1, f, b), plan["valid"]))
     # Per-step views made once per epoch: indexing a tensor in the loop costs a microsecond each.
@@ -218,7 +220,7 @@ def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGro
         if dro is not None:
             dz = torch.from_numpy(dro.grad(z4.numpy(), i, ks[i]))
         elif group.moe is not None:
-            dz = moe_grad(group.moe, z4, plan["onehot"][i], plan["wr"][i], plan["dom"][i])
+            dz = torch.from_numpy(moe_grad(group.moe, z4.numpy(), *moe_steps[i]))
         else:
             dz = torch.softmax(z4, dim=-1).mul_(wi).sub_(ywi)
         np.matmul(dz.numpy().reshape(dzn_shape).transpose(0, 2, 1), xb3n, out=gtn)

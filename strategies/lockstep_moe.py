@@ -102,28 +102,39 @@ def mixture(z: Tensor, n_experts: int) -> tuple[Tensor, Tensor, Tensor]:
     return log_gate, log_p, torch.logsumexp(log_gate[..., None] + log_p, dim=-2)
 
 
-def moe_grad(moe: MoeSpec, z: Tensor, onehot: Tensor, w: Tensor, dom: Tensor) -> Tensor:
-    """Logit gradient (F, B, L, E + E·C) of MOE's loss.
+def _log_softmax(a: np.ndarray) -> np.ndarray:
+    shifted = a - a.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def moe_grad(moe: MoeSpec, z: np.ndarray, onehot: np.ndarray, w: np.ndarray, dom: np.ndarray) -> np.ndarray:
+    r"""Logit gradient (F, B, L, E + E·C) of MOE's loss, in numpy.
+
+    A few thousand numbers per step, where each torch call costs microseconds of
+    dispatch: numpy on the epoch plan's views, as the lockstep products are. The
+    responsibilities are a softmax over experts of :math:`\log\alpha_k + \log p_k(y)`.
 
     Parameters
     ----------
     moe : MoeSpec
         Sites and loss weights.
-    z : Tensor
+    z : numpy.ndarray
         (F, B, L, E + E·C) logits.
-    onehot : Tensor
+    onehot : numpy.ndarray
         (F, B, 1, C) one-hot labels.
-    w : Tensor
+    w : numpy.ndarray
         (F, B, 1) class weight of each row's label over its batch size (0 for padding).
-    dom : Tensor
+    dom : numpy.ndarray
         (F, B, 1, E) this step's `moe_plan` entry.
     """
-    log_gate, log_p, log_mix = mixture(z, moe.n_experts)
-    joint_y = ((log_gate[..., None] + log_p) * onehot[..., None, :]).sum(-1)  # (F, B, L, E)
-    resp = torch.exp(joint_y - (log_mix * onehot).sum(-1, keepdim=True))
-    gate = log_gate.exp()
-    inv = dom.sum(-1, keepdim=True)  # 1 / n on real rows
-    d_gate = w[..., None] * (gate - resp) + moe.lambda_gate * (gate * inv - dom)
-    scale = w[..., None] * resp + (moe.lambda_expert * w[..., None]) * (dom > 0)
-    d_expert = scale[..., None] * (log_p.exp() - onehot[..., None, :])
-    return torch.cat([d_gate, d_expert.flatten(-2)], dim=-1)
+    e = moe.n_experts
+    log_gate = _log_softmax(z[..., :e])
+    log_p = _log_softmax(z[..., e:].reshape(*z.shape[:-1], e, -1))
+    label = onehot[..., None, :]
+    resp = np.exp(_log_softmax(((log_gate[..., None] + log_p) * label).sum(-1)))  # (F, B, L, E)
+    gate = np.exp(log_gate)
+    wr = w[..., None]
+    d_gate = wr * (gate - resp) + moe.lambda_gate * (gate * dom.sum(-1, keepdims=True) - dom)
+    scale = wr * resp + (moe.lambda_expert * wr) * (dom > 0)
+    d_expert = scale[..., None] * (np.exp(log_p) - label)
+    return np.concatenate([d_gate, d_expert.reshape(*d_expert.shape[:-2], -1)], axis=-1)
