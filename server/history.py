@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from client.evaluation import GROUP_KINDS, SiteCounts
-from server.metrics import _fpr_all, _tpr_all, aggregate_counts, f1_per_class, macro_f1, site_summary
+from server.metrics import _fpr_all, _tpr_all, aggregate_counts, f1_per_class, site_summary
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "mode", "fm", "task", "method", "trained_on", "round",
@@ -69,8 +69,11 @@ class _Columns:
         return pd.DataFrame({c: data[c] for c in METRIC_COLUMNS})
 
 
-def _f1_rows(out: _Columns, sites: Sequence[SiteCounts], classes: Sequence[str]) -> None:
-    """Per site: macro-F1, support, and per-class F1 (`server.metrics` on a stack of totals)."""
+def _f1_rows(out: _Columns, sites: Sequence[SiteCounts], classes: Sequence[str]) -> np.ndarray:
+    """Per site: macro-F1, support, and per-class F1 (`server.metrics` on a stack of totals).
+
+    Returns the sites' macro-F1 (NaN for a site without counts), as `macro_f1` gives it.
+    """
     totals = np.stack([sc.total() for sc in sites])
     per_class = f1_per_class(totals)
     present = (totals.sum(axis=1) + totals.sum(axis=2)) > 0
@@ -83,6 +86,7 @@ def _f1_rows(out: _Columns, sites: Sequence[SiteCounts], classes: Sequence[str])
     out.add(values, site=names, group_kind="site", group=names,
             metric=np.tile(np.array(["f1", "n"] + ["f1"] * len(classes), dtype=object), len(sites)),
             class_=np.tile(np.array(["macro", "all", *classes], dtype=object), len(sites)))
+    return macro
 
 
 def _blocks(sites: Sequence[SiteCounts], kinds: Sequence[str]) -> list[_Block]:
@@ -159,9 +163,9 @@ def rows_from_counts(
     out, classes = _Columns(), [str(c) for c in classes]
     if sites:
         ordered = sorted(sites, key=lambda s: s.site)
-        _f1_rows(out, ordered, classes)
+        macro = _f1_rows(out, ordered, classes)
         _fairness_rows(out, _blocks(ordered, [k for k in GROUP_KINDS[1:] if k != label_kind]), classes)
-        summary = site_summary({sc.site: macro_f1(sc.total()) for sc in sites})
+        summary = site_summary({sc.site: float(f1) for sc, f1 in zip(ordered, macro, strict=True)})
         out.add([summary[n] for n in ("mean", "sd", "worst")], site=ALL_SITES, group_kind="site",
                 group=ALL_SITES, metric=["f1_mean", "f1_sd", "f1_worst"], class_="macro")
     _scalar_rows(out, scalars)

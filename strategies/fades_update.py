@@ -25,6 +25,8 @@ from strategies.fades_cmi import LEAK
 if TYPE_CHECKING:
     from strategies.fades import Fades
 
+#: The model's MLPs, by attribute name.
+_NETS = ("encoder", "decoder", "head_y", "head_s", "discriminator")
 #: (output, each Linear's input, each hidden pre-activation) of `mlp_forward`.
 Trace = tuple[Tensor, list[Tensor], list[Tensor]]
 
@@ -92,47 +94,50 @@ def manual_update(model: Fades, batch: Batch) -> dict[str, float]:
     dict of str to float
         As `Fades.update`: ``loss``, every term of `Fades.terms`, and ``disc``.
     """
+    nets = {name: linears(getattr(model, name)) for name in _NETS}  # once per step, not per use
     with torch.no_grad():
-        terms, (d_enc, enc), tc = _main_gradients(model, batch)
-        mlp_backward(linears(model.encoder), d_enc, enc, d_input=False)
+        terms, (d_enc, enc), tc = _main_gradients(model, nets, batch)
+        mlp_backward(nets["encoder"], d_enc, enc, d_input=False)
     optimizer_step(model.optimizer)
     with torch.no_grad():
-        disc = _discriminator_gradients(model, tc)
+        disc = _discriminator_gradients(nets["discriminator"], tc)
     optimizer_step(model.disc_optimizer)
     logs = {k: float(v) for k, v in terms.items()}
     return {"loss": float(model.combine(terms)), **logs, "disc": float(disc)}
 
 
-def _main_gradients(model: Fades, batch: Batch) -> tuple[dict[str, Tensor], tuple[Tensor, Trace], Trace]:
+def _main_gradients(
+    model: Fades, nets: dict[str, list[nn.Linear]], batch: Batch,
+) -> tuple[dict[str, Tensor], tuple[Tensor, Trace], Trace]:
     """The terms of `Fades.terms`; writes the decoder's and heads' gradients.
 
     Returns the terms, dL/d(encoder output) with the encoder's trace, and the
     discriminator's trace on the real rows.
     """
     c, x, n = model.config, batch.x, batch.x.shape[0]
-    enc = mlp_forward(linears(model.encoder), x)
+    enc = mlp_forward(nets["encoder"], x)
     mu, logvar = enc[0].chunk(2, dim=-1)
     std = (0.5 * logvar).exp()
     eps = torch.randn_like(mu)  # the draw `Fades.encode` makes, in the same order
     z = mu + eps * std
     _, z_y, z_s, z_r = z.chunk(4, dim=-1)
-    dec = mlp_forward(linears(model.decoder), z)
+    dec = mlp_forward(nets["decoder"], z)
     diff = dec[0] - x
     known = (batch.group >= 0).to(x.dtype)
-    head_y = mlp_forward(linears(model.head_y), torch.cat([z_y, z_r], dim=-1))
-    head_s = mlp_forward(linears(model.head_s), torch.cat([z_s, z_r], dim=-1))
-    tc = mlp_forward(linears(model.discriminator), torch.cat([z_y, z_r, z_s], dim=-1))
+    head_y = mlp_forward(nets["head_y"], torch.cat([z_y, z_r], dim=-1))
+    head_s = mlp_forward(nets["head_s"], torch.cat([z_s, z_r], dim=-1))
+    tc = mlp_forward(nets["discriminator"], torch.cat([z_y, z_r, z_s], dim=-1))
     wce, d_y = softmax_cross_entropy(head_y[0], batch.y, model.class_weights[batch.y] / n)
     ce_s, d_s = softmax_cross_entropy(head_s[0], batch.group.clamp(min=0), known / known.sum().clamp(min=1))
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
     terms = {"recon": diff.abs().sum() / n, "kl": kl, "wce_y": wce, "ce_s": ce_s, "tc": tc[0].mean()}
-    d_z = mlp_backward(linears(model.decoder), diff.sign_().div_(n), dec)
-    d_yr = mlp_backward(linears(model.head_y), d_y.mul_(c.lambda_cls), head_y)
-    d_sr = mlp_backward(linears(model.head_s), d_s.mul_(c.lambda_cls * c.alpha), head_s)
+    d_z = mlp_backward(nets["decoder"], diff.sign_().div_(n), dec)
+    d_yr = mlp_backward(nets["head_y"], d_y.mul_(c.lambda_cls), head_y)
+    d_sr = mlp_backward(nets["head_s"], d_s.mul_(c.lambda_cls * c.alpha), head_s)
     if not bool(known.any()):  # autograd's CE(s) is then a constant: the head gets no gradient
         for p in model.head_s.parameters():
             p.grad = None
-    d_tc = mlp_backward(linears(model.discriminator), torch.full_like(tc[0], c.lambda_tc / n), tc,
+    d_tc = mlp_backward(nets["discriminator"], torch.full_like(tc[0], c.lambda_tc / n), tc,
                         weights=False)
     k = c.latent_dim
     d_z[:, k:2 * k] += d_yr[:, :k] + d_tc[:, :k]
@@ -155,12 +160,11 @@ def _fairness_gradient(model: Fades, z: Tensor, batch: Batch, terms: dict[str, T
     return grad * model.config.lambda_fair if grad is not None else torch.zeros_like(z)
 
 
-def _discriminator_gradients(model: Fades, real: Trace) -> Tensor:
+def _discriminator_gradients(layers: list[nn.Linear], real: Trace) -> Tensor:
     """BCE of D on the real rows and a block-wise permutation of them; writes D's gradients.
 
     The real rows' trace is the main pass's: the main step does not move D. Returns the loss.
     """
-    layers = linears(model.discriminator)
     z_y, z_r, z_s = real[1][0].chunk(3, dim=-1)
     fake = mlp_forward(layers, permute_blocks([z_y, z_r, z_s]))
     n = real[0].shape[0]
