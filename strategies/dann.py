@@ -52,6 +52,7 @@ from strategies.base import (
     linear_grads,
     optimizer_step,
     register,
+    relu_backward_,
     softmax_cross_entropy,
     weighted_cross_entropy,
 )
@@ -231,9 +232,10 @@ class Dann(Method):
         """Write every parameter's gradient; the reversal scales the discriminator's path by -λ."""
         h1, z, hd = acts
         l2, (d1, _, d2) = self.features[2], self.discriminator
-        d_hd = (d_disc @ d2.weight).mul_(hd > 0)
-        d_z = torch.addmm(d_logits @ self.classifier.weight, d_hd, d1.weight, alpha=-self.lam).mul_(z > 0)
-        d_h1 = (d_z @ l2.weight).mul_(h1 > 0)
+        d_hd = relu_backward_(d_disc @ d2.weight, hd)
+        d_z = torch.addmm(d_logits @ self.classifier.weight, d_hd, d1.weight, alpha=-self.lam)
+        d_z = relu_backward_(d_z, z)
+        d_h1 = relu_backward_(d_z @ l2.weight, h1)
         for layer, d_out, inp in ((self.features[0], d_h1, x), (l2, d_z, h1), (self.classifier, d_logits, z),
                                   (d1, d_hd, z), (d2, d_disc, hd)):
             linear_grads(layer, d_out, inp)

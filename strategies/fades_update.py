@@ -4,8 +4,8 @@ The same two steps as autograd on `Fades.terms` / `Fades.discriminator_loss` (te
 step by step to float round-off, same random draws in the same order): the main step
 on encoder, decoder and heads, then the TC discriminator's. At batch 32 autograd's
 graph over some 40 small layers and fresh gradient tensors cost about as much as the
-arithmetic. The fairness term (the heads on all :math:`N^2` latent pairs) keeps
-autograd, on the latents alone.
+arithmetic. The fairness term (the heads on all :math:`N^2` latent pairs) has its own
+hand-written gradient, `strategies.fades_cmi.pair_cmi_grad`.
 
 Every MLP here is Linear, LeakyReLU(`LEAK`), ..., Linear, so one forward that keeps each
 layer's input and pre-activation, and one backward over them, serve them all.
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
 from strategies.base import Batch, linear_grads, optimizer_step, softmax_cross_entropy
-from strategies.fades_cmi import LEAK
+from strategies.fades_cmi import LEAK, pair_cmi_grad
 
 if TYPE_CHECKING:
     from strategies.fades import Fades
@@ -144,20 +144,29 @@ def _main_gradients(
     d_z[:, 2 * k:3 * k] += d_sr[:, :k] + d_tc[:, 2 * k:]
     d_z[:, 3 * k:] += d_yr[:, k:] + d_sr[:, k:] + d_tc[:, k:2 * k]
     if model.fair_on:
-        d_z += _fairness_gradient(model, z, batch, terms)
+        d_z += _fairness_gradient(model, nets, z, batch, terms)
     d_mu = d_z + mu / n
     d_logvar = d_z.mul_(eps * std).mul_(0.5).add_(logvar.exp().sub_(1.0).mul_(0.5 / n))
     return terms, (torch.cat([d_mu, d_logvar], dim=-1), enc), tc
 
 
-def _fairness_gradient(model: Fades, z: Tensor, batch: Batch, terms: dict[str, Tensor]) -> Tensor:
-    """λ_fair · d(fair)/dz by autograd on the latents alone; adds ``fair`` to ``terms``."""
-    with torch.enable_grad():
-        latent = z.detach().requires_grad_()
-        fair = model.fairness(latent, batch.y, batch.group)
-        (grad,) = torch.autograd.grad(fair, latent, allow_unused=True)
-    terms["fair"] = fair.detach()
-    return grad * model.config.lambda_fair if grad is not None else torch.zeros_like(z)
+def _fairness_gradient(model: Fades, nets: dict[str, list[nn.Linear]], z: Tensor, batch: Batch,
+                       terms: dict[str, Tensor]) -> Tensor:
+    """λ_fair · d(fair)/dz of `Fades.fairness` by `pair_cmi_grad`; adds ``fair`` to ``terms``."""
+    keep = batch.group >= 0
+    grad = torch.zeros_like(z)
+    if not bool(keep.any()):
+        terms["fair"] = z.new_zeros(())
+        return grad
+    rows = slice(None) if bool(keep.all()) else keep
+    _, z_y, z_s, z_r = z[rows].chunk(4, dim=-1)
+    beta = model.config.beta
+    cmi_y, d_y, d_ry = pair_cmi_grad(nets["head_y"], z_y, z_r, batch.group[rows], beta)
+    cmi_s, d_s, d_rs = pair_cmi_grad(nets["head_s"], z_s, z_r, batch.y[rows], beta)
+    terms["fair"] = 0.5 * (cmi_y + cmi_s)
+    k, scale = z_y.shape[1], 0.5 * model.config.lambda_fair
+    grad[rows, k:] = torch.cat([d_y, d_s, d_ry.add_(d_rs)], dim=-1).mul_(scale)
+    return grad
 
 
 def _discriminator_gradients(layers: list[nn.Linear], real: Trace) -> Tensor:
