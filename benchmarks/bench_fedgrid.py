@@ -20,7 +20,6 @@ process's first run also imports torch's optimizer and compiler stacks.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from dataclasses import replace
@@ -28,13 +27,13 @@ from pathlib import Path
 
 import tomllib
 from common import emit
-from fedgrid_model import makespan, run_seconds, warm_seconds
+from fedgrid_model import makespan, parallel_slowdown, run_seconds, warm_seconds
 from grid_model import DIMS, kernel_seconds
 
 from client.feature_store import read_entry
 from client.local import site_task
 from sim.experiment import Experiment, load_experiment
-from sim.parallel import map_ordered, one_thread, resolve_workers
+from sim.parallel import one_thread, resolve_workers
 from sim.runner import write_synthetic_store
 from sim.simulate import settings_for
 from sim.sites import load_sites
@@ -87,11 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         job = replace(settings_for(exp, root / "store", root / "p", "medclip", "density", methods[1]),
                       num_rounds=3)
         # Warm workers on both sides: one worker alone against one per core at once.
-        alone = map_ordered(warm_seconds, [job], 1)[0]
-        together = map_ordered(warm_seconds, [replace(job, out=f"{job.out}-{i}") for i in range(workers)],
-                               workers)
-        slowdown = statistics.mean(t[1] for t in together) / alone[1]
-        startup = statistics.mean(t[0] - t[1] for t in together)
+        slowdown, startup = parallel_slowdown(warm_seconds, job, workers)
         steps = round_steps(root / "store", exp.federated.local_epochs, exp.federated.batch_size)
     bound = sum(args.rounds * steps * kernel_seconds(m, DIMS[fm], 4, exp.federated.batch_size)
                 for fm in paper["study"]["fms"] for m in methods) * len(paper["study"]["tasks"])

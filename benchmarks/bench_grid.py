@@ -23,6 +23,7 @@ import tomllib
 import torch
 from baseline_grid import protocol
 from common import emit
+from fedgrid_model import makespan, parallel_slowdown
 from grid_model import (
     DIMS,
     gemm_gflops,
@@ -33,6 +34,7 @@ from grid_model import (
     protocol_phases,
     samples_seen,
     update_seconds,
+    warm_update_seconds,
 )
 from grid_report import grid_markdown
 from sklearn.metrics import f1_score
@@ -40,7 +42,7 @@ from sklearn.metrics import f1_score
 from client.feature_store import read_entry
 from client.local import site_task
 from client.schema import task_classes
-from sim.parallel import one_thread
+from sim.parallel import one_thread, resolve_workers
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
 from strategies import lockstep as ls
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
            "methods": methods, "repeats": args.repeats, "baseline_repeats": args.baseline_repeats}
     k = {r["method"]: r["seconds"] / r["floor_s"] for r in methods if r["path"].startswith("lockstep")}
     out["grid"] = grid_estimate(paper, site_sizes, len(data), c, k, lean, upd, gflops, kern)
+    out["grid"] |= on_workers(out["grid"], c)
     out["markdown"] = grid_markdown(out)
     return emit(out, args.json)
 
@@ -176,28 +179,43 @@ def grid_estimate(paper: dict, site_sizes: list[int], n: int, c: int, k: dict[st
     ``bound_min``: every row at its bound (max of FLOP time, step floor and, for per-config
     methods, kernel floor at that FM's width) — the least time this machine allows.
     Both tasks are assumed to have this task's row counts (they differ by a few %).
+    ``models_s``: each model's seconds in the order `fedmammo pooled` trains them.
     """
     total = {"lockstep": 0.0, "per-config": 0.0, "bound": 0.0}
-    tasks = len(paper["study"]["tasks"])
+    models: list[float] = []
+    config = get_method("unified").config_cls()
     for fm in paper["study"]["fms"]:
         dim = DIMS[fm]
-        folds = [2 * n // 3] * 3
-        rows = method_rows(paper["study"]["methods"], np.zeros(n), c, dim, gflops, lean, {}, folds, upd, kern)
-        for r in rows:
-            if r["path"].startswith("lockstep"):
-                total["lockstep"] += r["floor_s"] * k[r["method"]] * tasks
-            else:
-                total["per-config"] += r["seconds"] * tasks
-            total["bound"] += max(r["flop_s"], r["floor_s"], r["kernel_s"]) * tasks
-        config = get_method("unified").config_cls()
-        for size in site_sizes if paper["study"].get("individual") else []:
-            _, floor = step_floor(config, [2 * size // 3] * 3, size, 16, dim, c, lean)
-            total["lockstep"] += floor * k["unified"] * tasks
-            total["bound"] += floor * tasks
+        rows = method_rows(paper["study"]["methods"], np.zeros(n), c, dim, gflops, lean, {}, [2 * n // 3] * 3,
+                           upd, kern)
+        for _ in paper["study"]["tasks"]:
+            for size in site_sizes if paper["study"].get("individual") else []:
+                _, floor = step_floor(config, [2 * size // 3] * 3, size, 16, dim, c, lean)
+                total["lockstep"] += floor * k["unified"]
+                total["bound"] += floor
+                models.append(floor * k["unified"])
+            for r in rows:
+                lockstep = r["path"].startswith("lockstep")
+                seconds = r["floor_s"] * k[r["method"]] if lockstep else r["seconds"]
+                total["lockstep" if lockstep else "per-config"] += seconds
+                total["bound"] += max(r["flop_s"], r["floor_s"], r["kernel_s"])
+                models.append(seconds)
     bound = total.pop("bound")
     return {k_: v / 60 for k_, v in total.items()} | {"total_min": sum(total.values()) / 60,
-                                                      "bound_min": bound / 60}
+                                                      "bound_min": bound / 60, "models_s": models}
 
+
+def on_workers(grid: dict, c: int) -> dict:
+    """The grid's minutes on one worker process per core (`fedmammo pooled --jobs 0`).
+
+    Models are handed out in the grid's order to whichever worker frees first, each
+    slowed by the factor measured here with one FairDisCO update loop (the largest share
+    of the grid) per core at once, on warm workers; plus each worker's start-up.
+    """
+    workers = resolve_workers(0)
+    slowdown, startup = parallel_slowdown(warm_update_seconds, ("fairdisco", 2048, c, 16), workers)
+    wall = startup + makespan([t * slowdown for t in grid["models_s"]], workers)
+    return {"workers": workers, "slowdown": slowdown, "worker_startup_s": startup, "parallel_min": wall / 60}
 
 if __name__ == "__main__":
     main(sys.argv[1:])

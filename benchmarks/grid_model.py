@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+from strategies import load_all
 from strategies import lockstep as ls
 from strategies.base import REGISTRY, Batch, MethodConfig, TaskSpec
 
@@ -65,6 +66,19 @@ def update_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 15
     for i in range(steps):
         model.update(batches[i % len(batches)])
     return (time.perf_counter() - t0) / steps
+
+
+def warm_update_seconds(args: tuple[str, int, int, int]) -> tuple[float, float]:
+    """(extra seconds of a first 20 updates, steady seconds per update) of (method, dim, classes, batch).
+
+    A fresh process's first updates also import torch's optimizer stack; `bench_grid`
+    compares workers once warm (`fedgrid_model.parallel_slowdown`).
+    """
+    name, dim, n_classes, bs = args
+    load_all()  # a spawned worker has not registered the methods yet
+    first = update_seconds(name, dim, n_classes, bs, steps=20)
+    steady = statistics.median(update_seconds(name, dim, n_classes, bs, steps=300) for _ in range(3))
+    return 20 * (first - steady), steady
 
 
 def linear_macs(name: str, dim: int, n_classes: int) -> int:

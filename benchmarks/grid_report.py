@@ -50,9 +50,11 @@ def grid_markdown(r: dict) -> str:
             f"from the figures above: **{g['total_min']:.0f} minutes** on one process — "
             f"{g['lockstep']:.1f} min in lockstep rows (Individual, Unified, GroupDRO, MOE), "
             f"{g['per-config']:.0f} min in DANN, FairDisCO and FADES, whose steps are near their "
-            "kernel floor, so training their runs side by side gains little on a core (target ≤ 60 min). "
-            "`fedmammo pooled --jobs 0` trains the grid's models on one process per core: "
-            "`bench_parallel.py` measures that speed-up.", "",
+            "kernel floor, so training their runs side by side gains little on a core. On "
+            f"{g['workers']} worker processes (`fedmammo pooled --jobs 0`; models handed out in the "
+            f"grid's order, each {g['slowdown']:.2f}× slower beside another once warm, "
+            f"{g['worker_startup_s']:.1f} s start-up per worker): **{g['parallel_min']:.0f} minutes** "
+            "(target ≤ 60 min on 2 cores).", "",
             f"The same grid with every row at its bound (FLOP time, step floor or kernel floor at each "
             f"FM's width, whichever is largest): **{g['bound_min']:.0f} minutes** on one core, "
             f"{g['bound_min'] / 2:.0f} on two with perfect scaling — the least this machine allows "
