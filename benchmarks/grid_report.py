@@ -23,7 +23,8 @@ def grid_markdown(r: dict) -> str:
         "store); the paper's search (batch {8, 16, 32} × lr {1e-3, 1e-4, 1e-5} × 3 folds × 20 epochs) "
         "plus the 50-epoch retrain of Unified. Baseline, in the same run: one DataLoader loop per "
         f"configuration and fold (`benchmarks/baseline_grid.py`, median of {r['baseline_repeats']}); "
-        f"lockstep: median of {r['repeats']}. Step floor: {r['sequential_steps']:,} sequential "
+        f"lockstep: median of {r['repeats']}; the two alternate, and the speed-up is the median of "
+        f"the ratios of runs side by side. Step floor: {r['sequential_steps']:,} sequential "
         "optimizer steps × one lean fused update of a single probe, measured in the same run. "
         f"fp32 GEMM rate (2048², one thread): {r['gemm_gflops']:.0f} GFLOP/s.", "",
         "| what | seconds | ratio |", "|---|---|---|",
