@@ -208,9 +208,10 @@ def grid_estimate(paper: dict, site_sizes: list[int], n: int, c: int, k: dict[st
         dim = DIMS[fm]
         rows = method_rows(paper["study"]["methods"], np.zeros(n), c, dim, gflops, lean, {}, [2 * n // 3] * 3,
                            upd, kern)
+        sizes = site_sizes if paper["study"].get("individual") else []
+        floors = [step_floor(config, [2 * size // 3] * 3, size, 16, dim, c, lean)[1] for size in sizes]
         for _ in paper["study"]["tasks"]:
-            for size in site_sizes if paper["study"].get("individual") else []:
-                _, floor = step_floor(config, [2 * size // 3] * 3, size, 16, dim, c, lean)
+            for floor in floors:
                 total["lockstep"] += floor * k["unified"]
                 total["bound"] += floor
                 models.append(floor * k["unified"])
@@ -236,6 +237,7 @@ def on_workers(grid: dict, c: int) -> dict:
     slowdown, startup = parallel_slowdown(warm_update_seconds, ("fairdisco", 2048, c, 16), workers)
     wall = startup + makespan([t * slowdown for t in grid["models_s"]], workers)
     return {"workers": workers, "slowdown": slowdown, "worker_startup_s": startup, "parallel_min": wall / 60}
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])
