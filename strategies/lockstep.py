@@ -40,8 +40,9 @@ from torch import Tensor
 
 from strategies.base import Method, MethodConfig, TaskSpec, get_method, seed_torch
 from strategies.core import ArrayData, HParams, make_spec
-from strategies.lockstep_dro import DroSpec, DroState, dro_plan, dro_spec
-from strategies.lockstep_moe import MoeSpec, mixture, moe_grad, moe_plan, moe_spec
+from strategies.lockstep_dro import DroSpec, DroState, dro_spec
+from strategies.lockstep_moe import MoeSpec, mixture, moe_spec
+from strategies.lockstep_plan import epoch_plan, robust_objective
 from strategies.lockstep_update import StackedUpdate
 
 
@@ -117,46 +118,6 @@ def _order(group: RunGroup) -> tuple[list[int], list[int]]:
     return order, [nb[f] for f in order]
 
 
-def _epoch_plan(
-    group: RunGroup, order: list[int], gens: list[torch.Generator], y: Tensor, nb_max: int,
-) -> dict[str, Tensor]:
-    """One epoch's gathered row indices and per-row loss weights, for every step at once.
-
-    Returns
-    -------
-    dict of str to Tensor
-        ``idx`` (steps, F·B) rows to gather; ``w`` (steps, F, B, 1, 1) each row's class
-        weight over its batch's size (0 for padding); ``yw`` (steps, F, B, 1, C) = ``w``
-        times the one-hot label: the gradient of the loss w.r.t. the logits is
-        ``softmax · w − yw``. For GroupDRO also ``cwy`` (steps, F, B, 1) the class
-        weight alone, ``onehot`` (steps, F, B, 1, C) and ``valid`` (steps, F, B).
-    """
-    b, c = group.batch_size, group.class_weights.shape[1]
-    idx = torch.zeros((len(order), nb_max * b), dtype=torch.int64)
-    cwy, size = torch.zeros((len(order), nb_max * b)), torch.full((len(order), nb_max * b), float(b))
-    for slot, f in enumerate(order):
-        rows = torch.from_numpy(group.rows[f])
-        n = rows.numel()
-        idx[slot, :n] = rows[torch.randperm(n, generator=gens[f])]
-        full = (math.ceil(n / b) - 1) * b
-        size[slot, full:n] = float(n - full)  # the last, partial batch
-        cwy[slot, :n] = group.class_weights[f][y[idx[slot, :n]]]
-    shape = (len(order), nb_max, b)
-    onehot = torch.nn.functional.one_hot(y[idx], c).float().reshape(*shape, 1, c).transpose(0, 1)
-    w = (cwy / size).reshape(*shape).transpose(0, 1)[..., None, None].contiguous()
-    plan = {"idx": idx.reshape(shape).transpose(0, 1).reshape(nb_max, -1).contiguous(), "w": w,
-            "yw": (w * onehot).contiguous()}
-    valid = (torch.arange(nb_max * b) < torch.tensor([len(group.rows[f]) for f in order])[:, None])
-    if group.dro is not None:
-        plan |= {"cwy": cwy.reshape(shape).transpose(0, 1)[..., None].contiguous(),
-                 "onehot": onehot.contiguous(), "valid": valid.reshape(shape).transpose(0, 1)}
-    if group.moe is not None:
-        inv = (valid / size).reshape(shape).transpose(0, 1)
-        plan |= {"onehot": onehot.contiguous(), "wr": w[..., 0].contiguous(),
-                 "dom": moe_plan(group.moe, plan["idx"].view(nb_max, len(order), b), inv).contiguous()}
-    return plan
-
-
 def train_group(x: Tensor, y: Tensor, group: RunGroup, config: MethodConfig) -> Tensor:
     """Train every run of ``group`` in lockstep.
 
@@ -179,18 +140,21 @@ def train_group(x: Tensor, y: Tensor, group: RunGroup, config: MethodConfig) -> 
     order, nbs = _order(group)
     f, lcount = len(order), len(group.lrs)
     c, d1 = group.init.shape[1:]
-    lr = torch.tensor(group.lrs, dtype=torch.float32).repeat_interleave(c)
-    q = (group.init[order][:, None] / lr.view(1, lcount, c, 1)).reshape(f, lcount * c, d1).contiguous()
-    update = StackedUpdate(q, config)
+    # Rows are output-major (an output's L learning rates adjacent), so a step's logits
+    # come out as (F, C, L, B) and the softmax runs over classes with a long inner axis:
+    # torch's CPU softmax over a last axis of a few classes costs several times its arithmetic.
+    lr = torch.tensor(group.lrs, dtype=torch.float32).repeat(c)
+    q = (group.init[order][:, :, None] / lr.view(1, c, lcount, 1)).reshape(f, c * lcount, d1).contiguous()
+    update = StackedUpdate(q, config, in_step=len(set(nbs)) == 1)
     gens = [torch.Generator().manual_seed(s) for s in group.seeds]
     dro = DroState(group.dro, f, lcount) if group.dro is not None else None
     # numpy's BLAS would otherwise use every core for these products, beside torch's threads.
     with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
         for _ in range(group.epochs):
-            plan = _epoch_plan(group, order, gens, y, nbs[0])
+            plan = epoch_plan(group, order, gens, y, nbs[0])
             _run_epoch(x, plan, nbs, group, update, lr, config.weight_decay, dro)
-    trained = (q.view(f, lcount, c, d1) * lr.view(1, lcount, c, 1))
-    return trained[torch.tensor(order).argsort()]
+    trained = (q.view(f, c, lcount, d1) * lr.view(1, c, lcount, 1)).transpose(1, 2)
+    return trained[torch.tensor(order).argsort()].contiguous()
 
 
 def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGroup, update: StackedUpdate,
@@ -201,29 +165,27 @@ def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGro
     through numpy's BLAS on views of the same memory: torch's CPU GEMM costs tens of
     microseconds per call at these shapes, several times numpy's (see BENCHMARKS.md).
     """
-    idx, w, yw = plan["idx"], plan["w"], plan["yw"]
+    idx, w, nyw = plan["idx"], plan["w"], plan["nyw"]
     q, gt = update.q, update.g
-    f, b, (lc, d1) = len(nbs), group.batch_size, q.shape[1:]
-    xb, z = torch.empty((f * b, d1)), torch.empty((f, b, lc))
-    xb3n, qtn, zn, gtn = xb.numpy().reshape(f, b, d1), q.numpy().transpose(0, 2, 1), z.numpy(), gt.numpy()
-    lr_cols, lrwd = lr.numpy().reshape(1, 1, -1), (lr * weight_decay).view(1, -1, 1)
-    if group.moe is not None:
-        moe_steps = list(zip(*(plan[k].numpy() for k in ("onehot", "wr", "dom")), strict=True))
-    if dro is not None:
-        dro.epoch(plan["onehot"], plan["cwy"], *dro_plan(group.dro, idx.view(-1, f, b), plan["valid"]))
+    f, b, (cl, d1) = len(nbs), group.batch_size, q.shape[1:]
+    xb, z = torch.empty((f * b, d1)), torch.empty((f, cl, b))
+    xb3n, qn, zn, gtn = xb.numpy().reshape(f, b, d1), q.numpy(), z.numpy(), gt.numpy()
+    xbt = xb3n.transpose(0, 2, 1)
+    lr_rows, lrwd = lr.numpy().reshape(1, -1, 1), (lr * weight_decay).view(1, -1, 1)
     # Per-step views made once per epoch: indexing a tensor in the loop costs a microsecond each.
     ks = [sum(1 for n in nbs if n > i) for i in range(nbs[0])]
-    z4, dzn_shape = z.view(f, b, len(group.lrs), -1), (f, b, lc)
-    for i, (rows, wi, ywi) in enumerate(zip(idx.unbind(0), w.unbind(0), yw.unbind(0), strict=True)):
+    z4 = z.view(f, -1, len(group.lrs), b)
+    dz = torch.empty_like(z4)
+    dzn = dz.numpy().reshape(f, cl, b)
+    objective = robust_objective(plan, group, dro, z4.numpy())
+    for i, (rows, wi, nywi) in enumerate(zip(idx.unbind(0), w.unbind(0), nyw.unbind(0), strict=True)):
         torch.index_select(x, 0, rows, out=xb)
-        np.multiply(np.matmul(xb3n, qtn, out=zn), lr_cols, out=zn)
-        if dro is not None:
-            dz = torch.from_numpy(dro.grad(z4.numpy(), i, ks[i]))
-        elif group.moe is not None:
-            dz = torch.from_numpy(moe_grad(group.moe, z4.numpy(), *moe_steps[i]))
+        np.multiply(np.matmul(qn, xbt, out=zn), lr_rows, out=zn)
+        if objective is None:
+            torch.addcmul(nywi, torch.softmax(z4, dim=1), wi, out=dz)
+            np.matmul(dzn, xb3n, out=gtn)
         else:
-            dz = torch.softmax(z4, dim=-1).mul_(wi).sub_(ywi)
-        np.matmul(dz.numpy().reshape(dzn_shape).transpose(0, 2, 1), xb3n, out=gtn)
+            np.matmul(objective(i, ks[i]), xb3n, out=gtn)
         if weight_decay:
             gt.addcmul_(q, lrwd)
         update(ks[i])

@@ -21,7 +21,7 @@ class StackedUpdate:
     caller fills before each call.
     """
 
-    def __init__(self, q: Tensor, config: MethodConfig) -> None:
+    def __init__(self, q: Tensor, config: MethodConfig, in_step: bool = False) -> None:
         self.kind = config.optimizer
         if self.kind not in ("adam", "sgd"):
             raise ValueError(f"unknown optimizer {config.optimizer!r}; expected 'adam' or 'sgd'")
@@ -30,9 +30,14 @@ class StackedUpdate:
         self.m, self.v = torch.zeros_like(q), torch.zeros_like(q)
         f = q.shape[0]
         # Per-fold views and step counts: a fold whose epoch has fewer batches sits out
-        # the last step, so its Adam step count must lag exactly as in its own run.
-        self.lists = [[t[i] for i in range(f)] for t in (self.q, self.g, self.m, self.v)]
-        self.steps = [torch.zeros((), dtype=torch.float32) for _ in range(f)]
+        # the last step, so its Adam step count must lag exactly as in its own run. When
+        # every fold takes every step (``in_step``), one whole tensor and one count serve
+        # all: the fused kernel's cost per tensor and the count's increment are paid once.
+        self.whole = in_step
+        parts = 1 if in_step else f
+        self.lists = ([[t] for t in (self.q, self.g, self.m, self.v)] if in_step
+                      else [[t[i] for i in range(f)] for t in (self.q, self.g, self.m, self.v)])
+        self.steps = [torch.zeros((), dtype=torch.float32) for _ in range(parts)]
         self.fused = hasattr(torch, "_fused_adam_")
 
     def __call__(self, k: int) -> None:
@@ -40,10 +45,13 @@ class StackedUpdate:
         if self.kind == "sgd":
             self.q[:k].sub_(self.g[:k])
             return
-        full = k == len(self.steps)
+        full = self.whole or k == len(self.steps)
         qs, gs, ms, vs = self.lists if full else (lst[:k] for lst in self.lists)
         steps = self.steps if full else self.steps[:k]
-        torch._foreach_add_(steps, 1.0)
+        if len(steps) == 1:
+            steps[0].add_(1.0)
+        else:
+            torch._foreach_add_(steps, 1.0)
         if self.fused:
             torch._fused_adam_(qs, gs, ms, vs, [], steps, lr=1.0, beta1=BETAS[0], beta2=BETAS[1],
                                weight_decay=0.0, eps=EPS, amsgrad=False, maximize=False)

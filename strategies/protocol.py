@@ -13,10 +13,10 @@ from itertools import product
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from strategies.base import Method, MethodConfig, get_method
 from strategies.core import ArrayData, HParams, make_spec, predict, train
+from strategies.folds import FastStratifiedGroupKFold
 from strategies.lockstep import cv_rows, supports_lockstep, train_model
 
 
@@ -30,12 +30,15 @@ class FitResult:
 
 
 def cv_folds(data: ArrayData, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Patient-grouped, label-stratified folds (fewer when the data cannot fill them)."""
+    """Patient-grouped, label-stratified folds (fewer when the data cannot fill them).
+
+    sklearn's `StratifiedGroupKFold` folds, exactly (`strategies.folds`).
+    """
     n_groups = np.unique(data.patient).size
     k = min(folds, n_groups)
     if k < 2:
         return []
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    splitter = FastStratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(data)), data.y, groups=data.patient))
 
 
