@@ -34,6 +34,7 @@ from grid_model import (
     lockstep_width,
     protocol_phases,
     samples_seen,
+    stacked_kernel_seconds,
     update_seconds,
     warm_update_seconds,
 )
@@ -107,8 +108,9 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
                 kern: dict | None = None) -> list[dict]:
     """Per method: protocol time (measured for lockstep methods, else steps × update time) vs bound.
 
-    With ``kern`` (a cache), the bound of a per-config method also takes the kernel floor:
-    every run's steps × the method's unavoidable kernels per step (`grid_model.kernel_seconds`).
+    With ``kern`` (a cache), the bound also takes the kernel floor: every run's steps × the
+    method's unavoidable kernels per step (`grid_model.kernel_seconds`); for a lockstep
+    method, each phase's steps × the kernels of all its stacked runs (`stacked_floor`).
     """
     rows = []
     for name in methods:
@@ -126,16 +128,39 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
             est = sum(r * s * upd[(name, dim, bs)] for bs, r, s in phases)
             path = "per-config (estimated)"
         kernel_s = 0.0
-        # Lockstep runs share their kernels (one batched GEMM for all), so a per-run kernel
-        # floor bounds only the per-config path.
-        if kern is not None and not ls.supports_lockstep(cls):
-            for bs, _, _ in phases:
-                kern.setdefault((name, dim, bs), kernel_seconds(name, dim, c, bs))
-            kernel_s = sum(r * s * kern[(name, dim, bs)] for bs, r, s in phases)
+        if kern is not None:
+            kernel_s = kernel_floor(name, dim, c, width, len(folds), phases, kern)
         rows.append({"method": name, "steps": steps, "seconds": est, "flop_s": flop_s, "floor_s": floor_s,
                      "kernel_s": kernel_s, "ratio_to_bound": est / max(flop_s, floor_s, kernel_s),
                      "path": path})
     return rows
+
+
+def stacked_floor(dim: int, width: int, bs: int, runs: int, folds: int) -> float:
+    """Seconds per lockstep step of ``runs`` stacked runs' kernels: the cheaper arrangement.
+
+    The runs' GEMMs and Adam updates issued stacked (``folds`` × ``runs / folds``, as
+    `strategies.lockstep` stacks them) or one run after another, whichever is less.
+    """
+    lrs = max(runs // folds, 1)
+    stacked = stacked_kernel_seconds(dim, width, bs, folds if runs > 1 else 1, lrs)
+    return min(stacked, runs * stacked_kernel_seconds(dim, width, bs, 1, 1))
+
+
+def kernel_floor(name: str, dim: int, c: int, width: int, folds: int, phases: list[tuple[int, int, int]],
+                 kern: dict) -> float:
+    """Seconds of a method's unavoidable kernels over the whole protocol (cached in ``kern``)."""
+    lockstep = ls.supports_lockstep(get_method(name))
+    total = 0.0
+    for bs, runs, steps in phases:
+        if lockstep:
+            key = (name, dim, bs, runs)
+            kern.setdefault(key, stacked_floor(dim, width, bs, runs, folds))
+            total += steps * kern[key]
+        else:
+            kern.setdefault((name, dim, bs), kernel_seconds(name, dim, c, bs))
+            total += runs * steps * kern[(name, dim, bs)]
+    return total
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from strategies import load_all
 from strategies import lockstep as ls
@@ -159,4 +160,39 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
+    return (time.perf_counter() - t0) / steps
+
+
+def stacked_kernel_seconds(dim: int, width: int, bs: int, folds: int, lrs: int, steps: int = 100) -> float:
+    """Seconds per lockstep step of its unavoidable kernels: `kernel_seconds` for stacked runs.
+
+    ``folds`` × ``lrs`` runs of a ``width``-row linear map over ``dim`` features (+ bias)
+    advance together: per fold, the forward product of its batch with its lrs' maps and
+    the weight-gradient product, then one fused Adam update of every run's parameters.
+    Every run must make its own update at every step, so this bounds the step however
+    the runs are arranged (no gather, loss or Python; numpy's BLAS, the faster at these
+    shapes, as `strategies.lockstep` uses).
+    """
+    rng = np.random.default_rng(0)
+    rows = width * lrs
+    q = torch.from_numpy(rng.standard_normal((folds, rows, dim + 1), dtype=np.float32) * 1e-2)
+    g, m, v = torch.randn_like(q) * 1e-3, torch.zeros_like(q), torch.zeros_like(q)
+    xb = rng.standard_normal((folds, bs, dim + 1), dtype=np.float32)
+    dz = rng.standard_normal((folds, rows, bs), dtype=np.float32)
+    z = np.empty((folds, rows, bs), np.float32)
+    qn, gn, count = q.numpy(), g.numpy(), torch.zeros(())
+
+    def step() -> None:
+        np.matmul(qn, xb.transpose(0, 2, 1), out=z)
+        np.matmul(dz, xb, out=gn)
+        count.add_(1.0)
+        torch._fused_adam_([q], [g], [m], [v], [], [count], lr=1e-3, beta1=0.9, beta2=0.999,
+                           weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        for _ in range(5):
+            step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
     return (time.perf_counter() - t0) / steps

@@ -39,11 +39,14 @@ def grid_markdown(r: dict) -> str:
         f"lr {r['lockstep_choice'][1]:g} (test macro-F1 {r['lockstep_f1']:.3f}).", "",
         "Every paper.toml method on this FM × task. Bound = max(FLOP time: 6 × weight "
         "matrices × samples seen / GEMM rate; step floor: lockstep steps × lean update of the "
-        "method's linear map; kernel floor, for the per-config methods: every run's steps × the "
+        "method's linear map; kernel floor: every run's steps × the "
         "method's unavoidable kernels per step — the forward and weight-gradient GEMM of each "
         "weight matrix at that batch size "
         "plus one fused Adam update of all its parameters, issued back to back and measured here; "
-        "at batch 8–32 these GEMMs and the optimizer's memory traffic, not the FLOPs, set the pace). "
+        "for a lockstep method, each phase's steps × those kernels for all its stacked runs at "
+        "once, or for the runs one after another where that is cheaper: every run updates all of "
+        "its parameters at every step, however the runs are arranged. "
+        "At batch 8–32 these GEMMs and the optimizer's memory traffic, not the FLOPs, set the pace). "
         "Per-config methods: the protocol's steps × their update time measured here "
         "(retrain assumed at batch 16).", "",
     ]

@@ -38,6 +38,9 @@ class StackedUpdate:
         self.lists = ([[t] for t in (self.q, self.g, self.m, self.v)] if in_step
                       else [[t[i] for i in range(f)] for t in (self.q, self.g, self.m, self.v)])
         self.steps = [torch.zeros((), dtype=torch.float32) for _ in range(parts)]
+        # The whole update counts its steps in Python and hands the kernel a fresh 0-d
+        # tensor: half the cost of incrementing a count tensor in place.
+        self.count = 0
         self.fused = hasattr(torch, "_fused_adam_")
 
     def __call__(self, k: int) -> None:
@@ -45,12 +48,14 @@ class StackedUpdate:
         if self.kind == "sgd":
             self.q[:k].sub_(self.g[:k])
             return
-        full = self.whole or k == len(self.steps)
-        qs, gs, ms, vs = self.lists if full else (lst[:k] for lst in self.lists)
-        steps = self.steps if full else self.steps[:k]
-        if len(steps) == 1:
-            steps[0].add_(1.0)
+        if self.whole:
+            qs, gs, ms, vs = self.lists
+            self.count += 1
+            steps = [torch.scalar_tensor(float(self.count))]
         else:
+            full = k == len(self.steps)
+            qs, gs, ms, vs = self.lists if full else (lst[:k] for lst in self.lists)
+            steps = self.steps if full else self.steps[:k]
             torch._foreach_add_(steps, 1.0)
         if self.fused:
             torch._fused_adam_(qs, gs, ms, vs, [], steps, lr=1.0, beta1=BETAS[0], beta2=BETAS[1],
