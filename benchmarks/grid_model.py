@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -155,6 +156,11 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
         torch._fused_adam_(params, grads, ms, vs, [], counts, lr=1e-3, beta1=0.9, beta2=0.999,
                            weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
 
+    return _per_call(step, steps)
+
+
+def _per_call(step: Callable[[], None], steps: int) -> float:
+    """Seconds per call of ``step`` over ``steps`` calls, after 5 warm-up calls."""
     for _ in range(5):
         step()
     t0 = time.perf_counter()
@@ -190,9 +196,4 @@ def stacked_kernel_seconds(dim: int, width: int, bs: int, folds: int, lrs: int, 
                            weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
 
     with threadpool_limits(limits=1, user_api="blas"):
-        for _ in range(5):
-            step()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-    return (time.perf_counter() - t0) / steps
+        return _per_call(step, steps)
