@@ -62,8 +62,8 @@ def epoch_plan(
     return plan
 
 
-def robust_objective(plan: dict[str, Tensor], group: RunGroup, dro: DroState | None, z4: np.ndarray
-                      ) -> Callable[[int, int], np.ndarray] | None:
+def objective_grad(plan: dict[str, Tensor], group: RunGroup, dro: DroState | None, z4: np.ndarray
+                   ) -> Callable[[int, int], np.ndarray] | None:
     """The step ``(i, k) -> dZ`` (F, C·L, B) of GroupDRO's or MOE's objective; None for plain CE.
 
     ``z4`` is the class-major (F, C, L, B) logit buffer; those objectives take (F, B, L, C).

@@ -18,7 +18,8 @@ class StackedUpdate:
 
     ``q`` is (F, ...): one slice per fold. The learning rate is 1: `strategies.lockstep`
     folds each run's rate into its parameterisation. ``g`` is the gradient buffer the
-    caller fills before each call.
+    caller fills before each call. ``in_step`` promises that every fold takes every step
+    (its epochs have equal batch counts): then every call updates all folds at once.
     """
 
     def __init__(self, q: Tensor, config: MethodConfig, in_step: bool = False) -> None:
@@ -34,10 +35,9 @@ class StackedUpdate:
         # every fold takes every step (``in_step``), one whole tensor and one count serve
         # all: the fused kernel's cost per tensor and the count's increment are paid once.
         self.whole = in_step
-        parts = 1 if in_step else f
         self.lists = ([[t] for t in (self.q, self.g, self.m, self.v)] if in_step
                       else [[t[i] for i in range(f)] for t in (self.q, self.g, self.m, self.v)])
-        self.steps = [torch.zeros((), dtype=torch.float32) for _ in range(parts)]
+        self.steps = [] if in_step else [torch.zeros((), dtype=torch.float32) for _ in range(f)]
         # The whole update counts its steps in Python and hands the kernel a fresh 0-d
         # tensor: half the cost of incrementing a count tensor in place.
         self.count = 0
