@@ -5,8 +5,8 @@ The per-config GroupDRO (`strategies.groupdro`) on a batch: per-row weighted CE
 exponentiated-gradient step of q on the present groups, loss :math:`\sum_g q_g L_g`.
 Its gradient w.r.t. row *i*'s logits is :math:`q_{g_i} w_{y_i} / n_{g_i}\,(p_i - e_{y_i})`
 (0 for unknown groups). Here every run keeps its own q (float64, as the method does),
-and the group sums are batched matmuls with a per-step (F, B, G) matrix of
-:math:`1/n_g` entries.
+and one compiled loop (numba) takes a step of all runs: the softmax and weighted CE of
+each row, the group means, q's update and dZ.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
 from strategies.base import Method, MethodConfig, TaskSpec
@@ -41,7 +42,7 @@ class DroSpec:
 
 
 def dro_plan(dro: DroSpec, idx: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-step group matrices of an epoch.
+    """Per-step groups of an epoch.
 
     Parameters
     ----------
@@ -55,60 +56,110 @@ def dro_plan(dro: DroSpec, idx: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     Returns
     -------
     tuple of Tensor
-        ``gn`` (steps, F, B, G): row *i*'s ``1 / n_g`` in its known group's column;
-        ``present`` (steps, F, 1, G): groups with a known row in the batch.
+        ``group`` (steps, F, B) int64: each row's group, ``-1`` where unknown or padding;
+        ``inv`` (steps, F, G) float32: ``1 / n_g`` with ``n_g`` the batch's known rows of
+        group *g*, 0 for a group without any.
     """
-    g = dro.groups[idx]
-    known = (g >= 0) & valid
-    onehot = torch.nn.functional.one_hot(g.clamp(min=0), dro.n_groups).float() * known[..., None]
-    counts = onehot.sum(dim=2, keepdim=True)
-    return onehot / counts.clamp(min=1.0), counts > 0
+    g = torch.where(valid, dro.groups[idx], -1)
+    onehot = torch.nn.functional.one_hot(g.clamp(min=0), dro.n_groups).float() * (g >= 0)[..., None]
+    counts = onehot.sum(dim=2)
+    return g, torch.where(counts > 0, 1.0 / counts.clamp(min=1.0), 0.0)
+
+
+@njit(cache=True, nogil=True)
+def _softmax_group_sums(z: np.ndarray, label: np.ndarray, cwy: np.ndarray, group: np.ndarray, f: int,
+                        lr: int, dz: np.ndarray, sums: np.ndarray) -> None:
+    """Softmax of run (f, lr)'s rows into ``dz``; each known row's weighted CE into its group's sum."""
+    sums[:] = 0.0
+    for b in range(z.shape[3]):
+        top = z[f, 0, lr, b]
+        for c in range(1, z.shape[1]):
+            top = max(top, z[f, c, lr, b])
+        total = 0.0
+        for c in range(z.shape[1]):
+            e = np.exp(z[f, c, lr, b] - top)
+            dz[f, c, lr, b] = e
+            total += e
+        for c in range(z.shape[1]):
+            dz[f, c, lr, b] /= total
+        if group[f, b] >= 0:
+            sums[group[f, b]] += cwy[f, b] * (np.log(total) + top - z[f, label[f, b], lr, b])
+
+
+@njit(cache=True, nogil=True)
+def _ascent(log_q: np.ndarray, f: int, lr: int, sums: np.ndarray, inv: np.ndarray, eta: float,
+            move: bool, q: np.ndarray) -> None:
+    """The adversary's step of run (f, lr): q' = softmax(log q + η L) into ``q``, kept if ``move``.
+
+    L is the group mean ``sums · inv``: 0 for an absent group, whose q only renormalises.
+    """
+    top = -np.inf
+    for g in range(q.shape[0]):
+        q[g] = log_q[f, lr, g] + eta * (sums[g] * inv[f, g])
+        top = max(top, q[g])
+    total = 0.0
+    for g in range(q.shape[0]):
+        q[g] = np.exp(q[g] - top)
+        total += q[g]
+    for g in range(q.shape[0]):
+        q[g] /= total
+        if move:
+            log_q[f, lr, g] = np.log(q[g])
+
+
+@njit(cache=True, nogil=True)
+def _dro_step(z: np.ndarray, label: np.ndarray, cwy: np.ndarray, group: np.ndarray, inv: np.ndarray,
+              log_q: np.ndarray, k: int, eta: float, dz: np.ndarray) -> None:
+    """One step of every run: update ``log_q`` (folds below ``k``) and write dZ into ``dz``.
+
+    ``z``/``dz`` (F, C, L, B) float32; ``label``, ``group`` (F, B) int64; ``cwy`` (F, B)
+    float32; ``inv`` (F, G) float32; ``log_q`` (F, L, G) float64.
+    """
+    sums, q = np.empty(log_q.shape[2]), np.empty(log_q.shape[2])
+    for f in range(z.shape[0]):
+        for lr in range(z.shape[2]):
+            _softmax_group_sums(z, label, cwy, group, f, lr, dz, sums)
+            _ascent(log_q, f, lr, sums, inv, eta, f < k, q)
+            for b in range(z.shape[3]):  # dZ = q_g w_y / n_g (p − e_y)
+                g = group[f, b]
+                w = q[g] * inv[f, g] * cwy[f, b] if g >= 0 else 0.0
+                dz[f, label[f, b], lr, b] -= 1.0
+                for c in range(z.shape[1]):
+                    dz[f, c, lr, b] *= w
 
 
 class DroState:
     """The adversary weights of every run and the step that turns logits into dZ.
 
-    The step's arrays are a few thousand numbers, where each torch call costs several
-    microseconds of dispatch: it runs in numpy on views of the epoch's plan (made once
-    per epoch by `epoch`), as the lockstep engine's products do.
+    A step's arrays are a few hundred numbers: as numpy or torch calls (about twenty) it
+    cost some 30 µs of dispatch, more than the arithmetic; it is one compiled loop
+    (`_dro_step`) here, in the engine's class-major layout (F, C, L, B).
     """
 
     def __init__(self, dro: DroSpec, f: int, lcount: int) -> None:
-        self.eta = dro.eta
+        self.eta = float(dro.eta)
         # log q is what each step needs (q' = softmax(log q + step)); q's own log is kept.
         self.log_q = np.full((f, lcount, dro.n_groups), np.log(1.0 / dro.n_groups))
         self._steps: list[tuple[np.ndarray, ...]] = []
+        self._dz = np.empty(0, np.float32)
 
-    def epoch(self, onehot: Tensor, cwy: Tensor, gn: Tensor, present: Tensor) -> None:
+    def epoch(self, label: Tensor, cwy: Tensor, group: Tensor, inv: Tensor) -> None:
         """Take this epoch's per-step plan as numpy views, one tuple per step.
 
-        ``onehot`` (S, F, B, 1, C), ``cwy`` (S, F, B, 1), and `dro_plan`'s ``gn``
-        (S, F, B, G) and ``present`` (S, F, 1, G).
+        ``label`` (S, F, B) int64, ``cwy`` (S, F, B) and `dro_plan`'s ``group`` and ``inv``.
         """
-        ascent = present.double().mul_(self.eta).numpy()  # η on present groups, 0 elsewhere
-        self._steps = list(zip(onehot.numpy(), cwy.numpy(), gn.numpy(), ascent, strict=True))
+        self._steps = list(zip(label.numpy(), cwy.numpy(), group.numpy(), inv.numpy(), strict=True))
 
     def grad(self, z: np.ndarray, i: int, k: int) -> np.ndarray:
-        """Logit gradient (F, B, L, C) of the robust loss at step ``i`` of the epoch.
+        """Logit gradient (F, C, L, B) of the robust loss at step ``i`` of the epoch.
 
-        ``z`` is (F, B, L, C) logits; q moves for the first ``k`` (active) folds only.
+        ``z`` is (F, C, L, B) logits; q moves for the first ``k`` (active) folds only. The
+        result is a buffer that the next step overwrites.
         """
-        onehot, cwy, gn, ascent = self._steps[i]
-        top = z.max(-1, keepdims=True)
-        e = np.exp(z - top)
-        total = e.sum(-1, keepdims=True)
-        # -log softmax at the label = log Σ exp + max − z_y
-        wce = cwy * (np.log(total[..., 0]) + top[..., 0] - (z * onehot).sum(-1))  # (F, B, L)
-        logits_q = self.log_q + np.matmul(wce.transpose(0, 2, 1), gn) * ascent  # (F, L, G), float64
-        logits_q -= logits_q.max(-1, keepdims=True)
-        q = np.exp(logits_q)
-        q /= q.sum(-1, keepdims=True)
-        self.log_q[:k] = np.log(q[:k])
-        rw = np.matmul(gn, q.astype(np.float32).transpose(0, 2, 1)) * cwy  # (F, B, L)
-        e /= total
-        e -= onehot
-        e *= rw[..., None]
-        return e
+        if self._dz.shape != z.shape:
+            self._dz = np.empty(z.shape, np.float32)
+        _dro_step(z, *self._steps[i], self.log_q, k, self.eta, self._dz)
+        return self._dz
 
 
 def dro_spec(cls: type[Method], data: ArrayData, config: MethodConfig, spec: TaskSpec) -> DroSpec | None:

@@ -32,8 +32,9 @@ def epoch_plan(
         ``idx`` (steps, F·B) rows to gather; ``w`` (steps, F, 1, 1, B) each row's class
         weight over its batch's size (0 for padding); ``nyw`` (steps, F, C, 1, B) = −``w``
         times the one-hot label: the gradient of the loss w.r.t. the class-major logits
-        (F, C, L, B) is ``softmax · w + nyw``. For GroupDRO also ``cwy`` (steps, F, B, 1) the class
-        weight alone, ``onehot`` (steps, F, B, 1, C) and ``valid`` (steps, F, B).
+        (F, C, L, B) is ``softmax · w + nyw``. For GroupDRO also ``cwy`` (steps, F, B) the class
+        weight alone, ``label`` (steps, F, B) and ``valid`` (steps, F, B); for MOE
+        ``onehot`` (steps, F, B, 1, C), ``wr`` and ``dom``.
     """
     b, c = group.batch_size, group.class_weights.shape[1]
     idx = torch.zeros((len(order), nb_max * b), dtype=torch.int64)
@@ -53,8 +54,9 @@ def epoch_plan(
             "w": w.permute(class_major).contiguous(), "nyw": (-w * onehot).permute(class_major).contiguous()}
     valid = (torch.arange(nb_max * b) < torch.tensor([len(group.rows[f]) for f in order])[:, None])
     if group.dro is not None:
-        plan |= {"cwy": cwy.reshape(shape).transpose(0, 1)[..., None].contiguous(),
-                 "onehot": onehot.contiguous(), "valid": valid.reshape(shape).transpose(0, 1)}
+        plan |= {"cwy": cwy.reshape(shape).transpose(0, 1).contiguous(),
+                 "label": y[idx].reshape(shape).transpose(0, 1).contiguous(),
+                 "valid": valid.reshape(shape).transpose(0, 1)}
     if group.moe is not None:
         inv = (valid / size).reshape(shape).transpose(0, 1)
         plan |= {"onehot": onehot.contiguous(), "wr": w[..., 0].contiguous(),
@@ -66,7 +68,8 @@ def objective_grad(plan: dict[str, Tensor], group: RunGroup, dro: DroState | Non
                    ) -> Callable[[int, int], np.ndarray] | None:
     """The step ``(i, k) -> dZ`` (F, C·L, B) of GroupDRO's or MOE's objective; None for plain CE.
 
-    ``z4`` is the class-major (F, C, L, B) logit buffer; those objectives take (F, B, L, C).
+    ``z4`` is the class-major (F, C, L, B) logit buffer, which GroupDRO's step takes as it
+    is; MOE's takes (F, B, L, C).
     """
     f, b = z4.shape[0], z4.shape[-1]
     zv = z4.transpose(0, 3, 2, 1)
@@ -75,9 +78,8 @@ def objective_grad(plan: dict[str, Tensor], group: RunGroup, dro: DroState | Non
         return np.ascontiguousarray(dz.transpose(0, 3, 2, 1)).reshape(f, -1, b)
 
     if dro is not None:
-        gn, present = dro_plan(group.dro, plan["idx"].view(-1, f, b), plan["valid"])
-        dro.epoch(plan["onehot"], plan["cwy"], gn, present)
-        return lambda i, k: class_major(dro.grad(zv, i, k))
+        dro.epoch(plan["label"], plan["cwy"], *dro_plan(group.dro, plan["idx"].view(-1, f, b), plan["valid"]))
+        return lambda i, k: dro.grad(z4, i, k).reshape(f, -1, b)
     if group.moe is not None:
         steps = list(zip(*(plan[k].numpy() for k in ("onehot", "wr", "dom")), strict=True))
         return lambda i, k: class_major(moe_grad(group.moe, zv, *steps[i]))
