@@ -230,7 +230,9 @@ def markdown(r: dict) -> str:
              "are medians, the overhead the median of the per-repeat differences. Ray (isolated in a "
              "loopback-only network "
              f"namespace): the median gap between consecutive rounds' checkpoint writes of a "
-             f"2 + {r['rounds']}-round run.", "",
+             f"2 + {r['rounds']}-round run. Replies are collected by `server.prompt_grid.PromptGrid` "
+             "(Flower's simulation grid polls every 0.1 s; its engine still picks up each batch of "
+             "messages on a 0.1 s scan).", "",
              "| what | seconds per round | ratio to client compute |", "|---|---|---|",
              f"| client compute (baseline) | {c:.3f} | 1.00 |",
              "| in-process federation (evaluation and history included) "

@@ -26,6 +26,7 @@ from client.app import build_model
 from client.atomic import atomic_dir, write_parquet
 from client.payload import array_numpy, numpy_record
 from server.privacy import privatize
+from server.prompt_grid import PromptGrid
 from strategies.base import get_method, seed_torch
 from strategies.core import class_weights
 from strategies.federated import FederatedSettings, FederationPlan, FedMammoStrategy  # noqa: F401 - re-export
@@ -192,6 +193,7 @@ def run_server(grid: Grid, s: FederatedSettings) -> pd.DataFrame:
         ``out/metrics.parquet`` with the final parameters in ``out/final.npz``.
     """
     out = Path(s.out)
+    grid = PromptGrid(grid)
     plan, dim = make_plan(s, discover(grid, s))
     strategy_cls = getattr(get_method(s.method), "strategy_cls", None) or FedMammoStrategy
     strategy = strategy_cls(plan)
