@@ -35,6 +35,7 @@ from grid_model import (
     protocol_phases,
     samples_seen,
     stacked_kernel_seconds,
+    stacked_step_seconds,
     update_seconds,
     warm_update_seconds,
 )
@@ -51,6 +52,7 @@ from strategies import lockstep as ls
 from strategies.base import get_method
 from strategies.core import concat, predict
 from strategies.protocol import cv_folds, fit
+from strategies.stacked import supports_stacked
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "paper.toml"
 
@@ -122,6 +124,8 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
         phases = protocol_phases(config, folds, len(data), 16)
         if ls.supports_lockstep(cls):
             est, path = measured.get(name, 0.0), "lockstep (measured)"
+        elif supports_stacked(cls, config):
+            est, path = stacked_estimate(name, dim, c, config, phases, upd), "stacked (estimated)"
         else:
             for bs, _, _ in phases:
                 upd.setdefault((name, dim, bs), update_seconds(name, dim, c, bs))
@@ -134,6 +138,22 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
                      "kernel_s": kernel_s, "ratio_to_bound": est / max(flop_s, floor_s, kernel_s),
                      "path": path})
     return rows
+
+
+def stacked_estimate(name: str, dim: int, c: int, config: object, phases: list[tuple[int, int, int]],
+                     upd: dict) -> float:
+    """Protocol seconds of a method whose search trains each fold's learning rates stacked.
+
+    Search phases: (runs / learning rates) stacked runs × their steps × one stacked step
+    (`grid_model.stacked_step_seconds`); the retrain (the last phase, one run) is per-config.
+    """
+    total = 0.0
+    *search, (bs_r, _, steps_r) = phases
+    for bs, runs, steps in search:
+        upd.setdefault(("stacked", name, dim, bs), stacked_step_seconds(name, dim, c, bs))
+        total += runs / len(config.lrs) * steps * upd[("stacked", name, dim, bs)]
+    upd.setdefault((name, dim, bs_r), update_seconds(name, dim, c, bs_r))
+    return total + steps_r * upd[(name, dim, bs_r)]
 
 
 def stacked_floor(dim: int, width: int, bs: int, runs: int, folds: int) -> float:
@@ -237,13 +257,13 @@ def grid_estimate(paper: dict, site_sizes: list[int], n: int, c: int, k: dict[st
     """Estimated minutes of the whole paper.toml grid (5 FMs × 2 tasks × all rows), and at its bound.
 
     Lockstep rows: their step floor × the ratio to the floor measured here (``k``);
-    other methods: their per-config steps × update times measured at each FM's width.
+    other methods: their stacked and per-config steps × step times measured at each FM's width.
     ``bound_min``: every row at its bound (max of FLOP time, step floor and, for per-config
     methods, kernel floor at that FM's width) — the least time this machine allows.
     Both tasks are assumed to have this task's row counts (they differ by a few %).
     ``models_s``: each model's seconds in the order `fedmammo pooled` trains them.
     """
-    total = {"lockstep": 0.0, "per-config": 0.0, "bound": 0.0}
+    total = {"lockstep": 0.0, "stacked": 0.0, "per-config": 0.0, "bound": 0.0}
     models: list[float] = []
     config = get_method("unified").config_cls()
     for fm in paper["study"]["fms"]:
@@ -258,9 +278,9 @@ def grid_estimate(paper: dict, site_sizes: list[int], n: int, c: int, k: dict[st
                 total["bound"] += floor
                 models.append(floor * k["unified"])
             for r in rows:
-                lockstep = r["path"].startswith("lockstep")
-                seconds = r["floor_s"] * k[r["method"]] if lockstep else r["seconds"]
-                total["lockstep" if lockstep else "per-config"] += seconds
+                path = r["path"].split(" ")[0]
+                seconds = r["floor_s"] * k[r["method"]] if path == "lockstep" else r["seconds"]
+                total[path] += seconds
                 total["bound"] += max(r["flop_s"], r["floor_s"], r["kernel_s"])
                 models.append(seconds)
     bound = total.pop("bound")

@@ -14,6 +14,8 @@ from threadpoolctl import threadpool_limits
 from strategies import load_all
 from strategies import lockstep as ls
 from strategies.base import REGISTRY, Batch, MethodConfig, TaskSpec
+from strategies.core import ArrayData, make_spec
+from strategies.stacked import train_stacked
 
 #: Feature width of each paper FM.
 DIMS = {"mammoclip": 2048, "medclip": 512, "gloria": 2048, "clip": 512, "dinov2": 384}
@@ -51,22 +53,46 @@ def lean_step_seconds(dim: int, n_classes: int, bs: int, steps: int = 600, n: in
 
 
 def update_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 150) -> float:
-    """Seconds per ``update`` of method ``name`` on the per-config path (after a warm-up)."""
+    """Seconds per ``update`` of method ``name`` on the per-config path (after a warm-up).
+
+    As `strategies.core.fit_epochs` runs it: each step gathers its batch from ``bs × steps``
+    random rows, so it fetches them from memory as a real run does.
+    """
     cls = REGISTRY[name]
     torch.manual_seed(0)
     model = cls(TaskSpec(dim, n_classes, 8, (1.0,) * n_classes), cls.config_cls())
     model.configure_optimizer(1e-3)
     model.begin_epoch(0.5)
     rng = np.random.default_rng(0)
-    batches = [Batch(torch.from_numpy(rng.normal(size=(bs, dim)).astype(np.float32)),
-                     torch.from_numpy(rng.integers(0, n_classes, bs)),
-                     torch.from_numpy(rng.integers(0, 8, bs)), torch.from_numpy(rng.integers(0, 8, bs)))
-               for _ in range(8)]
-    for b in batches[:4]:
-        model.update(b)
+    n = bs * steps
+    x = torch.from_numpy(rng.standard_normal((n, dim), dtype=np.float32))
+    y, domain = torch.from_numpy(rng.integers(0, n_classes, n)), torch.from_numpy(rng.integers(0, 8, n))
+    perm = torch.randperm(n)
+    for i in range(4):
+        model.update(Batch(x[i * bs:(i + 1) * bs], y[:bs], domain[:bs], domain[:bs]))
     t0 = time.perf_counter()
     for i in range(steps):
-        model.update(batches[i % len(batches)])
+        idx = perm[i * bs:(i + 1) * bs]
+        model.update(Batch(x[idx], y[idx], domain[idx], domain[idx]))
+    return (time.perf_counter() - t0) / steps
+
+
+def stacked_step_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 200) -> float:
+    """Seconds per step of one fold's learning rates trained stacked (`strategies.stacked`).
+
+    One epoch of ``steps`` batches over ``bs × steps`` random rows (so each step fetches
+    its rows from memory, as a real run does), after a short warm-up.
+    """
+    cls = REGISTRY[name]
+    config = cls.config_cls()
+    rng = np.random.default_rng(0)
+    n = bs * steps
+    data = ArrayData(rng.standard_normal((n, dim), dtype=np.float32), rng.integers(0, n_classes, n),
+                     rng.integers(0, 8, n), np.arange(n))
+    spec = make_spec(data, n_classes, 8, config.sensitive)
+    train_stacked(cls, data.take(np.arange(bs * 10)), spec, config, tuple(config.lrs), bs, 1, 0)
+    t0 = time.perf_counter()
+    train_stacked(cls, data, spec, config, tuple(config.lrs), bs, 1, 0)
     return (time.perf_counter() - t0) / steps
 
 

@@ -58,13 +58,15 @@ def grid_markdown(r: dict) -> str:
         "its parameters at every step, however the runs are arranged. "
         "At batch 8–32 these GEMMs and the optimizer's memory traffic, not the FLOPs, set the pace). "
         "Per-config methods: the protocol's steps × their update time measured here "
-        "(retrain assumed at batch 16).", "",
+        "(each batch gathered from a Table-2-size matrix; retrain assumed at batch 16). Stacked "
+        "methods (`strategies.stacked`): each search phase's fold × steps × one step of its "
+        "three learning rates stacked, measured here, plus the per-config retrain.", "",
     ]
     tail = ["", f"Whole `paper.toml` grid (5 FMs × 2 tasks × Individual + all methods), estimated "
             f"from the figures above: **{g['total_min']:.0f} minutes** on one process — "
             f"{g['lockstep']:.1f} min in lockstep rows (Individual, Unified, GroupDRO, MOE), "
-            f"{g['per-config']:.0f} min in DANN, FairDisCO and FADES, whose steps are near their "
-            "kernel floor, so training their runs side by side gains little on a core. On "
+            f"{g['stacked']:.0f} min in DANN and FairDisCO (search stacked by learning rate, "
+            f"retrain per-config) and {g['per-config']:.0f} min in FADES (one run, no search). On "
             f"{g['workers']} worker processes (`fedmammo pooled --jobs 0`; models handed out in the "
             f"grid's order, each {g['slowdown']:.2f}× slower beside another once warm, "
             f"{g['worker_startup_s']:.1f} s start-up per worker): **{g['parallel_min']:.0f} minutes** "

@@ -56,6 +56,7 @@ from strategies.base import (
     softmax_cross_entropy,
     weighted_cross_entropy,
 )
+from strategies.dann_stacked import stacked_update
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ class Dann(Method):
     label = "DANN"
     config_cls = DannConfig
     config: DannConfig
+    #: A fold's learning rates train stacked in the search (`strategies.stacked`).
+    stacked_step = staticmethod(stacked_update)
 
     def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
         super().__init__(spec, config)

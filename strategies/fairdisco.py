@@ -69,6 +69,7 @@ from strategies.base import (
     weighted_cross_entropy,
 )
 from strategies.fairdisco_grads import batch_norm_train, supcon_sim_grad
+from strategies.fairdisco_stacked import stacked_update
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,8 @@ class FairDisCo(Method):
     label = "FairDisCO"
     config_cls = FairDisCoConfig
     config: FairDisCoConfig
+    #: A fold's learning rates train stacked in the search (`strategies.stacked`).
+    stacked_step = staticmethod(stacked_update)
 
     def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
         super().__init__(spec, config)

@@ -2,8 +2,9 @@
 
 `fit` is what pooled, Individual and the benchmarks call; `search` its CV grid (§3:
 batch {8, 16, 32} × lr {1e-3, 1e-4, 1e-5}, 3 patient-grouped folds). Methods that
-declare it train their grid in lockstep (`strategies.lockstep`), the others one run
-per candidate and fold (`strategies.core.train`); both give the same table.
+declare it train their grid in lockstep (`strategies.lockstep`) or a fold's learning
+rates stacked (`strategies.stacked`), the others one run per candidate and fold
+(`strategies.core.train`); all give the same table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from strategies.base import Method, MethodConfig, get_method
 from strategies.core import ArrayData, HParams, make_spec, predict, train
 from strategies.folds import FastStratifiedGroupKFold
 from strategies.lockstep import cv_rows, supports_lockstep, train_model
+from strategies.stacked import cv_rows_stacked, supports_stacked
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,9 @@ def search(
     seed : int
         Seeds folds and training.
     lockstep : bool, optional
-        Train the grid in lockstep (`strategies.lockstep`); by default when the method
-        declares it can. ``False`` forces one training run per candidate and fold.
+        Train the grid in lockstep (`strategies.lockstep`), or each fold's learning
+        rates stacked (`strategies.stacked`), by default when the method declares it
+        can. ``False`` forces one training run per candidate and fold.
 
     Returns
     -------
@@ -75,6 +78,8 @@ def search(
     splits = cv_folds(data, folds, seed)
     if _use_lockstep(method, lockstep):
         rows = cv_rows(method, data, n_classes, n_domains, config, splits, seed)
+    elif lockstep is not False and supports_stacked(get_method(method), config):
+        rows = cv_rows_stacked(method, data, n_classes, n_domains, config, splits, seed)
     else:
         rows = _cv_rows_per_config(method, data, n_classes, n_domains, config, splits, seed)
     cv = pd.DataFrame(rows, columns=["batch_size", "lr", "fold", "accuracy"])

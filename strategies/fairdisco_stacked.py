@@ -1,0 +1,107 @@
+"""FairDisCO's gradient for stacked runs (`strategies.stacked`): `FairDisCo.update`, run by run.
+
+The same losses, gradients and BatchNorm statistics as the per-run hand-written step
+(`strategies.fairdisco`, `strategies.fairdisco_grads`), with a leading run axis (weights
+held transposed, ``(L, in, out)``); the runs share the batch, so the label masks of the
+supervised-contrastive term are computed once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from strategies.base import relu_backward_
+from strategies.dann_stacked import back, stacked_ce_grad, stacked_grads, stacked_linear
+
+if TYPE_CHECKING:
+    from strategies.base import Method
+    from strategies.stacked import StackedBatch
+
+#: Parameters without a gradient on a one-row batch (no contrastive term, as per run).
+PROJECTION = ("projection.0.weight", "projection.0.bias", "projection.1.weight", "projection.1.bias",
+              "projection.3.weight", "projection.3.bias")
+
+
+def _supcon_sim_grad(sim: Tensor, y: Tensor) -> Tensor:
+    """`strategies.fairdisco_grads.supcon_sim_grad`'s gradient for (L, B, B) similarities, labels (B,)."""
+    same = y[:, None] == y[None, :]
+    positive = (same & ~torch.eye(len(y), dtype=torch.bool)).to(sim.dtype)
+    n_pos = positive.sum().clamp(min=1)
+    masked = sim.masked_fill(same, torch.finfo(sim.dtype).min)
+    log_sigma = sim - torch.logaddexp(sim, torch.logsumexp(masked, dim=-1, keepdim=True))
+    slack = (1 - log_sigma.exp()).mul_(positive).div_(n_pos)
+    spread = torch.softmax(masked, dim=-1).masked_fill_(same, 0.0)
+    return spread.mul_(slack.sum(-1, keepdim=True)).sub_(slack)
+
+
+def _batch_norm(model: Method, s: dict[str, Tensor], a: Tensor) -> tuple[Tensor, Tensor]:
+    """`strategies.fairdisco_grads.batch_norm_train` for every run (statistics over axis 1)."""
+    bn, key = model.projection[1], "projection.1"
+    mean = a.mean(1, keepdim=True)
+    centred = a - mean
+    var = (centred * centred).mean(1, keepdim=True)
+    tracked = s[f"{key}.num_batches_tracked"]
+    m = bn.momentum if bn.momentum is not None else 1.0 / float(tracked[0] + 1)
+    s[f"{key}.running_mean"].mul_(1 - m).add_(mean[:, 0], alpha=m)
+    s[f"{key}.running_var"].mul_(1 - m).add_(var[:, 0] * (a.shape[1] / (a.shape[1] - 1)), alpha=m)
+    tracked.add_(1)
+    inv = (var + bn.eps).rsqrt()
+    return centred.mul_(inv), inv
+
+
+def _contrastive(model: Method, s: dict[str, Tensor], g: dict[str, Tensor], h: Tensor, y: Tensor) -> Tensor:
+    """β·SupCon's projection gradients into ``g``; returns its dL/dh (L, B, bottleneck)."""
+    c = model.config
+    a1 = stacked_linear(s, "projection.0", h)
+    xhat, inv = _batch_norm(model, s, a1)
+    r = torch.addcmul(s["projection.1.bias"][:, None], xhat, s["projection.1.weight"][:, None]).relu_()
+    zp = stacked_linear(s, "projection.3", r)
+    norm = zp.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    zn = zp / norm
+    gs = _supcon_sim_grad(torch.bmm(zn, zn.transpose(1, 2)) / c.temperature, y)
+    d_zn = torch.bmm(gs + gs.transpose(1, 2), zn) * (c.beta / c.temperature)
+    d_zp = (d_zn - zn * (zn * d_zn).sum(-1, keepdim=True)) / norm
+    stacked_grads(g, "projection.3", d_zp, r)
+    d_bn = relu_backward_(back(d_zp, s, "projection.3"), r)
+    torch.sum(d_bn * xhat, 1, out=g["projection.1.weight"])
+    torch.sum(d_bn, 1, out=g["projection.1.bias"])
+    d_xhat = d_bn * s["projection.1.weight"][:, None]
+    d_a1 = (d_xhat - d_xhat.mean(1, keepdim=True) - xhat * (d_xhat * xhat).mean(1, keepdim=True)) * inv
+    stacked_grads(g, "projection.0", d_a1, h)
+    return back(d_a1, s, "projection.0")
+
+
+def stacked_update(model: Method, s: dict[str, Tensor], g: dict[str, Tensor], batch: StackedBatch
+                   ) -> tuple[str, ...]:
+    """Write FairDisCO's gradient for every run into ``g``; returns the parameters left without one.
+
+    Parameters
+    ----------
+    model : Method
+        A `strategies.fairdisco.FairDisCo` (its config and BatchNorm settings).
+    s, g : dict of str to Tensor
+        Stacked state (BatchNorm's running statistics are updated here) and gradients.
+    batch : StackedBatch
+        The step's rows.
+    """
+    alpha, k = model.config.alpha, model.attribute.out_features
+    h = stacked_linear(s, "bottleneck", batch.x)
+    d_label = stacked_ce_grad(stacked_linear(s, "classifier", h), batch.y, batch.w)
+    known = (batch.group >= 0).to(h.dtype)
+    row = known / known.sum().clamp(min=1)
+    log_p = torch.log_softmax(stacked_linear(s, "attribute", h), dim=-1)
+    # The attribute head's CE sees sg(h); only the confusion term reaches h.
+    d_attr = stacked_ce_grad(log_p, batch.group.clamp(min=0), row)
+    d_conf = (log_p.exp_() - 1.0 / k).mul_(row[None, :, None] * alpha)
+    stacked_grads(g, "classifier", d_label, h)
+    stacked_grads(g, "attribute", d_attr.add_(d_conf), h)
+    d_h = back(d_label, s, "classifier").add_(back(d_conf, s, "attribute"))
+    skipped: tuple[str, ...] = PROJECTION
+    if batch.x.shape[0] >= 2:  # BatchNorm cannot normalise one row; one row has no positive pair
+        d_h.add_(_contrastive(model, s, g, h, batch.y))
+        skipped = ()
+    stacked_grads(g, "bottleneck", d_h, batch.x)
+    return skipped
