@@ -81,26 +81,8 @@ def cv_rows_stacked(
 ) -> list[dict[str, float]]:
     """`strategies.protocol.search`'s CV table, each fold's learning rates trained stacked.
 
-    Parameters
-    ----------
-    method : str
-        A registered method with a ``stacked_step``.
-    data : ArrayData
-        The training split.
-    n_classes, n_domains : int
-        Task dimensions.
-    config : MethodConfig
-        Grid (``batch_sizes`` × ``lrs``), ``search_epochs``, weight decay.
-    splits : list of (train rows, validation rows)
-        The folds (`strategies.protocol.cv_folds`).
-    seed : int
-        Fold ``f`` trains with seed ``seed + f``, as in the per-config path.
-
-    Returns
-    -------
-    list of dict
-        One row (batch_size, lr, fold, accuracy) per candidate and fold, in the
-        per-config path's order.
+    Parameters and rows as `strategies.lockstep.cv_rows` (``method`` one with a
+    ``stacked_step``; fold ``f`` trains with seed ``seed + f``, as in the per-config path).
     """
     cls = get_method(method)
     acc = {}
