@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from strategies.base import Method, MethodConfig, TaskSpec
@@ -66,74 +65,12 @@ def dro_plan(dro: DroSpec, idx: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     return g, torch.where(counts > 0, 1.0 / counts.clamp(min=1.0), 0.0)
 
 
-@njit(cache=True, nogil=True)
-def _softmax_group_sums(z: np.ndarray, label: np.ndarray, cwy: np.ndarray, group: np.ndarray, f: int,
-                        lr: int, dz: np.ndarray, sums: np.ndarray) -> None:
-    """Softmax of run (f, lr)'s rows into ``dz``; each known row's weighted CE into its group's sum."""
-    sums[:] = 0.0
-    for b in range(z.shape[3]):
-        top = z[f, 0, lr, b]
-        for c in range(1, z.shape[1]):
-            top = max(top, z[f, c, lr, b])
-        total = 0.0
-        for c in range(z.shape[1]):
-            e = np.exp(z[f, c, lr, b] - top)
-            dz[f, c, lr, b] = e
-            total += e
-        for c in range(z.shape[1]):
-            dz[f, c, lr, b] /= total
-        if group[f, b] >= 0:
-            sums[group[f, b]] += cwy[f, b] * (np.log(total) + top - z[f, label[f, b], lr, b])
-
-
-@njit(cache=True, nogil=True)
-def _ascent(log_q: np.ndarray, f: int, lr: int, sums: np.ndarray, inv: np.ndarray, eta: float,
-            move: bool, q: np.ndarray) -> None:
-    """The adversary's step of run (f, lr): q' = softmax(log q + η L) into ``q``, kept if ``move``.
-
-    L is the group mean ``sums · inv``: 0 for an absent group, whose q only renormalises.
-    """
-    top = -np.inf
-    for g in range(q.shape[0]):
-        q[g] = log_q[f, lr, g] + eta * (sums[g] * inv[f, g])
-        top = max(top, q[g])
-    total = 0.0
-    for g in range(q.shape[0]):
-        q[g] = np.exp(q[g] - top)
-        total += q[g]
-    for g in range(q.shape[0]):
-        q[g] /= total
-        if move:
-            log_q[f, lr, g] = np.log(q[g])
-
-
-@njit(cache=True, nogil=True)
-def _dro_step(z: np.ndarray, label: np.ndarray, cwy: np.ndarray, group: np.ndarray, inv: np.ndarray,
-              log_q: np.ndarray, k: int, eta: float, dz: np.ndarray) -> None:
-    """One step of every run: update ``log_q`` (folds below ``k``) and write dZ into ``dz``.
-
-    ``z``/``dz`` (F, C, L, B) float32; ``label``, ``group`` (F, B) int64; ``cwy`` (F, B)
-    float32; ``inv`` (F, G) float32; ``log_q`` (F, L, G) float64.
-    """
-    sums, q = np.empty(log_q.shape[2]), np.empty(log_q.shape[2])
-    for f in range(z.shape[0]):
-        for lr in range(z.shape[2]):
-            _softmax_group_sums(z, label, cwy, group, f, lr, dz, sums)
-            _ascent(log_q, f, lr, sums, inv, eta, f < k, q)
-            for b in range(z.shape[3]):  # dZ = q_g w_y / n_g (p − e_y)
-                g = group[f, b]
-                w = q[g] * inv[f, g] * cwy[f, b] if g >= 0 else 0.0
-                dz[f, label[f, b], lr, b] -= 1.0
-                for c in range(z.shape[1]):
-                    dz[f, c, lr, b] *= w
-
-
 class DroState:
     """The adversary weights of every run and the step that turns logits into dZ.
 
     A step's arrays are a few hundred numbers: as numpy or torch calls (about twenty) it
     cost some 30 µs of dispatch, more than the arithmetic; it is one compiled loop
-    (`_dro_step`) here, in the engine's class-major layout (F, C, L, B).
+    (`strategies._dro_kernels.dro_step`) here, in the engine's class-major layout (F, C, L, B).
     """
 
     def __init__(self, dro: DroSpec, f: int, lcount: int) -> None:
@@ -142,6 +79,11 @@ class DroState:
         self.log_q = np.full((f, lcount, dro.n_groups), np.log(1.0 / dro.n_groups))
         self._steps: list[tuple[np.ndarray, ...]] = []
         self._dz = np.empty(0, np.float32)
+        # Imported here: numba costs a process ~0.15 s to import, which a federated client
+        # (a fresh process per message when deployed) never needs.
+        from strategies._dro_kernels import dro_step
+
+        self._kernel = dro_step
 
     def epoch(self, label: Tensor, cwy: Tensor, group: Tensor, inv: Tensor) -> None:
         """Take this epoch's per-step plan as numpy views, one tuple per step.
@@ -158,7 +100,7 @@ class DroState:
         """
         if self._dz.shape != z.shape:
             self._dz = np.empty(z.shape, np.float32)
-        _dro_step(z, *self._steps[i], self.log_q, k, self.eta, self._dz)
+        self._kernel(z, *self._steps[i], self.log_q, k, self.eta, self._dz)
         return self._dz
 
 

@@ -80,3 +80,15 @@ def test_unknown_method_names_the_registry():
 
 def test_taskspec_defaults_groups_to_domains():
     assert TaskSpec(4, 2, 5, (1.0, 1.0)).n_groups == 5
+
+
+def test_loading_every_method_leaves_numba_unloaded() -> None:
+    # A deployed client starts a fresh process per message and loads every method;
+    # numba (~0.15 s to import) is only for lockstep GroupDRO's compiled step.
+    import subprocess
+    import sys
+
+    code = ("import sys, client.app; from strategies import load_all; load_all(); "
+            "print('numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
