@@ -188,9 +188,9 @@ class FedMammoStrategy(FedAvg):
 
     def _messages(self, sites: Iterable[str], arrays: ArrayRecord, server_round: int,
                   kind: str) -> list[Message]:
-        out = []
+        out, base = [], self._base_config(server_round)
         for site in sites:
-            cfg = self._base_config(server_round) | {"domain": self.plan.domains[site]}
+            cfg = base | {"domain": self.plan.domains[site]}
             if kind == MessageType.TRAIN:
                 cfg |= self.extra_train_config(server_round, site)
             content = RecordDict({"arrays": arrays, "config": ConfigRecord(cfg)})
