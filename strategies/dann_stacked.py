@@ -9,40 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
 from strategies.base import relu_backward_
+from strategies.stacked import back, stacked_ce_grad, stacked_grads, stacked_linear
 
 if TYPE_CHECKING:
     from strategies.base import Method
     from strategies.stacked import StackedBatch
-
-
-def stacked_linear(s: dict[str, Tensor], layer: str, inp: Tensor) -> Tensor:
-    """``inp @ W.T + b`` for every run: (B, in) or (L, B, in) → (L, B, out)."""
-    return torch.matmul(inp, s[f"{layer}.weight"]).add_(s[f"{layer}.bias"][:, None])
-
-
-def stacked_grads(g: dict[str, Tensor], layer: str, d_out: Tensor, inp: Tensor) -> None:
-    """Write a stacked layer's weight (in, out) and bias gradients from dL/d(output) and its input."""
-    if inp.dim() == 2:  # the batch itself, shared by the runs
-        inp = inp.expand(d_out.shape[0], *inp.shape)
-    torch.bmm(inp.transpose(1, 2), d_out, out=g[f"{layer}.weight"])
-    torch.sum(d_out, 1, out=g[f"{layer}.bias"])
-
-
-def stacked_ce_grad(logits: Tensor, target: Tensor, row_weight: Tensor) -> Tensor:
-    """Gradient of Σ_i r_i CE(z_i, t_i) w.r.t. logits (L, B, K): r_i (softmax − onehot); t, r are (B,)."""
-    p = torch.softmax(logits, dim=-1)
-    t = target[None, :, None].expand(p.shape[0], -1, 1)
-    p.scatter_add_(-1, t, torch.full(t.shape, -1.0))
-    return p.mul_(row_weight[None, :, None])
-
-
-def back(d_out: Tensor, s: dict[str, Tensor], layer: str) -> Tensor:
-    """dL/d(input) of a stacked layer: ``d_out @ W`` with W held (in, out)."""
-    return torch.matmul(d_out, s[f"{layer}.weight"].transpose(1, 2))
 
 
 def stacked_update(model: Method, s: dict[str, Tensor], g: dict[str, Tensor], batch: StackedBatch) -> None:

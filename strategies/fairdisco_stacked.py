@@ -1,8 +1,9 @@
 """FairDisCO's gradient for stacked runs (`strategies.stacked`): `FairDisCo.update`, run by run.
 
 The same losses, gradients and BatchNorm statistics as the per-run hand-written step
-(`strategies.fairdisco`, `strategies.fairdisco_grads`), with a leading run axis (weights
-held transposed, ``(L, in, out)``); the runs share the batch, so the label masks of the
+(`strategies.fairdisco`; the BatchNorm and SupCon pieces of `strategies.fairdisco_grads`
+take the run axis as they are), with a leading run axis (weights held transposed,
+``(L, in, out)``); the runs share the batch, so the label masks of the
 supervised-contrastive term are computed once.
 """
 
@@ -14,54 +15,30 @@ import torch
 from torch import Tensor
 
 from strategies.base import relu_backward_
-from strategies.dann_stacked import back, stacked_ce_grad, stacked_grads, stacked_linear
+from strategies.fairdisco_grads import batch_norm_train, supcon_sim_grad
+from strategies.stacked import back, stacked_ce_grad, stacked_grads, stacked_linear
 
 if TYPE_CHECKING:
     from strategies.base import Method
     from strategies.stacked import StackedBatch
 
+#: BatchNorm's running statistics, stacked like the parameters.
+RUNNING = ("running_mean", "running_var", "num_batches_tracked")
 #: Parameters without a gradient on a one-row batch (no contrastive term, as per run).
 PROJECTION = ("projection.0.weight", "projection.0.bias", "projection.1.weight", "projection.1.bias",
               "projection.3.weight", "projection.3.bias")
-
-
-def _supcon_sim_grad(sim: Tensor, y: Tensor) -> Tensor:
-    """`strategies.fairdisco_grads.supcon_sim_grad`'s gradient for (L, B, B) similarities, labels (B,)."""
-    same = y[:, None] == y[None, :]
-    positive = (same & ~torch.eye(len(y), dtype=torch.bool)).to(sim.dtype)
-    n_pos = positive.sum().clamp(min=1)
-    masked = sim.masked_fill(same, torch.finfo(sim.dtype).min)
-    log_sigma = sim - torch.logaddexp(sim, torch.logsumexp(masked, dim=-1, keepdim=True))
-    slack = (1 - log_sigma.exp()).mul_(positive).div_(n_pos)
-    spread = torch.softmax(masked, dim=-1).masked_fill_(same, 0.0)
-    return spread.mul_(slack.sum(-1, keepdim=True)).sub_(slack)
-
-
-def _batch_norm(model: Method, s: dict[str, Tensor], a: Tensor) -> tuple[Tensor, Tensor]:
-    """`strategies.fairdisco_grads.batch_norm_train` for every run (statistics over axis 1)."""
-    bn, key = model.projection[1], "projection.1"
-    mean = a.mean(1, keepdim=True)
-    centred = a - mean
-    var = (centred * centred).mean(1, keepdim=True)
-    tracked = s[f"{key}.num_batches_tracked"]
-    m = bn.momentum if bn.momentum is not None else 1.0 / float(tracked[0] + 1)
-    s[f"{key}.running_mean"].mul_(1 - m).add_(mean[:, 0], alpha=m)
-    s[f"{key}.running_var"].mul_(1 - m).add_(var[:, 0] * (a.shape[1] / (a.shape[1] - 1)), alpha=m)
-    tracked.add_(1)
-    inv = (var + bn.eps).rsqrt()
-    return centred.mul_(inv), inv
 
 
 def _contrastive(model: Method, s: dict[str, Tensor], g: dict[str, Tensor], h: Tensor, y: Tensor) -> Tensor:
     """β·SupCon's projection gradients into ``g``; returns its dL/dh (L, B, bottleneck)."""
     c = model.config
     a1 = stacked_linear(s, "projection.0", h)
-    xhat, inv = _batch_norm(model, s, a1)
+    xhat, inv = batch_norm_train(model.projection[1], a1, {k: s[f"projection.1.{k}"] for k in RUNNING})
     r = torch.addcmul(s["projection.1.bias"][:, None], xhat, s["projection.1.weight"][:, None]).relu_()
     zp = stacked_linear(s, "projection.3", r)
     norm = zp.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     zn = zp / norm
-    gs = _supcon_sim_grad(torch.bmm(zn, zn.transpose(1, 2)) / c.temperature, y)
+    _, gs = supcon_sim_grad(torch.bmm(zn, zn.transpose(1, 2)) / c.temperature, y)
     d_zn = torch.bmm(gs + gs.transpose(1, 2), zn) * (c.beta / c.temperature)
     d_zp = (d_zn - zn * (zn * d_zn).sum(-1, keepdim=True)) / norm
     stacked_grads(g, "projection.3", d_zp, r)
