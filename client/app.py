@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import zlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch.overrides import TorchFunctionMode
 
@@ -24,12 +25,14 @@ from client.evaluation import site_counts
 from client.extract import node_store
 from client.feature_store import read_entry
 from client.local import SiteTask, site_task
-from client.payload import encode_counts, numpy_record, record_tensors
+from client.payload import encode_counts, load_record, numpy_record
 from client.privacy import clip_if_requested
+from client.prototype import clonable, clone
+from client.records import record_dict
 from client.schema import SENSITIVE_SIZES, task_classes
 from sim.config import build
 from strategies.allocator import retain_freed_memory
-from strategies.base import Method, TaskSpec, get_method, seed_torch, weighted_cross_entropy
+from strategies.base import Method, MethodConfig, TaskSpec, get_method, seed_torch, weighted_cross_entropy
 from strategies.core import HParams, fit_epochs, fit_steps, predict
 
 app = ClientApp()
@@ -75,23 +78,60 @@ class _NoRandomInit(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def build_model(cfg: ConfigRecord, in_dim: int, weights: dict[str, torch.Tensor] | None = None) -> Method:
-    """The method's model as the server configured it (global class weights, domains).
+Weights = ArrayRecord | Mapping[str, torch.Tensor]
 
-    With ``weights`` (a full state dict) the model is built without random initialisation
-    and those weights are loaded, strictly: every parameter and buffer must be given.
-    """
-    cls = get_method(str(cfg["method"]))
-    config = build(cls.config_cls, json.loads(str(cfg.get("method-config", "{}"))), "method-config")
-    n_domains = int(cfg["n-domains"])
+
+def _load(model: Method, weights: Weights) -> None:
+    if isinstance(weights, ArrayRecord):
+        load_record(model, weights)
+    else:
+        model.load_state_dict(weights)
+
+
+def _model_key(cfg: ConfigRecord, in_dim: int) -> tuple[str, str, str, int, tuple[float, ...], int]:
+    """What a model's construction depends on: method, its config, task, domains, class weights, width."""
+    return (str(cfg["method"]), str(cfg.get("method-config", "{}")), str(cfg["task"]),
+            int(cfg["n-domains"]), tuple(float(w) for w in cfg["class-weights"]), in_dim)
+
+
+@lru_cache(maxsize=64)
+def _recipe(method: str, method_config: str, task: str, n_domains: int, class_w: tuple[float, ...],
+            in_dim: int) -> tuple[type[Method], MethodConfig, TaskSpec]:
+    """The method's class, config and task spec for a `_model_key` (both immutable, so shared)."""
+    cls = get_method(method)
+    config = build(cls.config_cls, json.loads(method_config), "method-config")
     n_groups = n_domains if config.sensitive == "site" else SENSITIVE_SIZES[config.sensitive]
-    class_w = tuple(float(w) for w in cfg["class-weights"])
-    spec = TaskSpec(in_dim, len(task_classes(str(cfg["task"]))), n_domains, class_w, n_groups)
-    if weights is None:
-        return cls(spec, config)
+    return cls, config, TaskSpec(in_dim, len(task_classes(task)), n_domains, class_w, n_groups)
+
+
+@lru_cache(maxsize=16)
+def _prototype(*key: object) -> Method | None:
+    """A never-used model of a `_model_key` to `clone`, or None if it is not `clonable`."""
+    cls, config, spec = _recipe(*key)
     with _NoRandomInit():
         model = cls(spec, config)
-    model.load_state_dict(weights)
+    return model if clonable(model) else None
+
+
+def build_model(cfg: ConfigRecord, in_dim: int, weights: Weights | None = None) -> Method:
+    """The method's model as the server configured it (global class weights, domains).
+
+    With ``weights`` (a full state dict, as tensors or as the received ``ArrayRecord``)
+    the model is made without random initialisation — a `client.prototype.clone` of its
+    configuration's prototype where that equals construction — and those weights are
+    loaded, strictly: every parameter and buffer must be given.
+    """
+    key = _model_key(cfg, in_dim)
+    cls, config, spec = _recipe(*key)
+    if weights is None:
+        return cls(spec, config)
+    prototype = _prototype(*key)
+    if prototype is None:
+        with _NoRandomInit():
+            model = cls(spec, config)
+    else:
+        model = clone(prototype)
+    _load(model, weights)
     return model
 
 
@@ -114,26 +154,36 @@ def _label_loss(model: Method, data: SiteTask) -> float:
         return float(weighted_cross_entropy(model.eval()(x), y, model.class_weights))
 
 
-#: Inference-only models by configuration, reloaded for each evaluation (`inference_model`).
-_INFERENCE: OrderedDict[tuple[object, ...], Method] = OrderedDict()
+#: Inference-only models by configuration, with the record bytes they hold (`inference_model`).
+_INFERENCE: OrderedDict[tuple[object, ...], tuple[Method, tuple[object, ...] | None]] = OrderedDict()
 
 
-def inference_model(cfg: ConfigRecord, in_dim: int, weights: dict[str, torch.Tensor]) -> Method:
-    """A model of ``cfg`` holding ``weights``, for inference only (never trained).
+def _source(weights: Weights) -> tuple[object, ...] | None:
+    """The names and (immutable) bytes objects of a received record; None for tensors."""
+    if not isinstance(weights, ArrayRecord):
+        return None
+    return tuple(x for name, array in weights.items() for x in (name, array.data))
+
+
+def inference_model(cfg: ConfigRecord, in_dim: int, weights: Weights) -> Method:
+    """A model of ``cfg`` holding ``weights``, for inference only (never trained or changed).
 
     A model that only ever predicts holds nothing beyond its parameters and buffers: what
     its constructor set from the configuration, and the weights loaded over it. So one
     model per configuration (a few kept) is reloaded for each evaluation instead of being
     rebuilt, which is equal to building it anew and saves a model build per message.
+    When the record's arrays are the very bytes objects the model was last loaded from
+    (every site of an in-process simulation evaluates the same global record), it holds
+    them already and is not reloaded.
     """
-    key = (str(cfg["method"]), str(cfg.get("method-config", "{}")), str(cfg["task"]),
-           int(cfg["n-domains"]), tuple(float(w) for w in cfg["class-weights"]), in_dim)
-    model = _INFERENCE.pop(key, None)
+    key, source = _model_key(cfg, in_dim), _source(weights)
+    model, held = _INFERENCE.pop(key, (None, None))
     if model is None:
         model = build_model(cfg, in_dim, weights)
-    else:
-        model.load_state_dict(weights)
-    _INFERENCE[key] = model
+    elif source is None or held is None or len(source) != len(held) or any(
+            a is not b for a, b in zip(source, held, strict=True)):
+        _load(model, weights)
+    _INFERENCE[key] = (model, source)
     while len(_INFERENCE) > 4:
         _INFERENCE.popitem(last=False)
     return model
@@ -151,9 +201,8 @@ def _received(
     _maybe_fail(cfg, site)
     if data is None:
         raise ValueError(f"site {site} has no labelled rows for task {cfg['task']}")
-    weights = record_tensors(msg.content["arrays"])
     make = build_model if train else inference_model
-    return cfg, site, data, make(cfg, data.train.x.shape[1], weights)
+    return cfg, site, data, make(cfg, data.train.x.shape[1], msg.content["arrays"])
 
 
 @app.query()
@@ -185,7 +234,7 @@ def train(msg: Message, context: Context) -> Message:
         fit_epochs(model, data.train, hp, _seed(cfg, site), **span)
     metrics = {"num-examples": len(data.train), "train_loss": _label_loss(model, data),
                "global-loss": global_loss} | model.round_metrics()
-    return Message(RecordDict({"arrays": numpy_record(model.state_dict()),
+    return Message(record_dict({"arrays": numpy_record(model.state_dict()),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -195,6 +244,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, site, data, model = _received(msg, context, train=False)
     n_classes = len(task_classes(str(cfg["task"])))
     counts = site_counts(site, data.test_y, predict(model, data.test_x), n_classes, data.test_groups)
-    return Message(RecordDict({"arrays": numpy_record({"counts": encode_counts(counts)}),
+    return Message(record_dict({"arrays": numpy_record({"counts": encode_counts(counts)}),
                                "metrics": MetricRecord({"num-examples": len(data.test_y)})}),
                    reply_to=msg)

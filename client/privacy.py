@@ -9,7 +9,7 @@ attached to training messages only: evaluation replies carry counts, not a model
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
@@ -32,7 +32,7 @@ def clip_if_requested(msg: Message, context: Context, call_next: ClientAppCallab
     Message
         The reply, its arrays clipped to ``global + clip(update)`` when DP is on.
     """
-    configs = list(msg.content.config_records.values())
-    if any(KEY_CLIPPING_NORM in c for c in configs):
+    # Read directly: ``RecordDict.config_records`` builds a checked dictionary per call.
+    if any(isinstance(r, ConfigRecord) and KEY_CLIPPING_NORM in r for r in msg.content.values()):
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)

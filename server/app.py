@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from client.app import build_model
 from client.atomic import atomic_dir, write_parquet
 from client.payload import array_numpy, numpy_record
+from server.history import RoundRows, history_frame
 from server.privacy import privatize
 from server.prompt_grid import PromptGrid
 from strategies.base import get_method, seed_torch
@@ -138,9 +139,10 @@ class Checkpointer:
         self.wait()
         self._pending = self._pool.submit(self._write, server_round, new, arrays, state)
 
-    def _write(self, server_round: int, new: list[pd.DataFrame], arrays: ArrayRecord, state: str) -> None:
+    def _write(self, server_round: int, new: list[RoundRows | pd.DataFrame], arrays: ArrayRecord,
+               state: str) -> None:
         if new:
-            write_parquet(self.parts / f"round-{server_round:05d}.parquet", pd.concat(new, ignore_index=True))
+            write_parquet(self.parts / f"round-{server_round:05d}.parquet", history_frame(new))
 
         def fill(tmp: Path) -> None:
             np.savez(tmp / "arrays.npz", **{k: array_numpy(v) for k, v in arrays.items()})
@@ -210,7 +212,7 @@ def run_server(grid: Grid, s: FederatedSettings) -> pd.DataFrame:
                                          timeout=s.timeout)
     finally:
         checkpoint.close()
-    history = pd.concat(strategy.history, ignore_index=True)
+    history = history_frame(strategy.history)
     write_parquet(out / "metrics.parquet", history)
     final = strategy.current_arrays
     np.savez(out / "final.npz", **{k: v.numpy() for k, v in final.items()})

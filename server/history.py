@@ -56,17 +56,72 @@ class _Columns:
             parts.append(np.full(values.size, label, dtype=object) if isinstance(label, str)
                          else np.asarray(label, dtype=object))
 
-    def frame(self, key: RunKey) -> pd.DataFrame:
-        """The rows with the run's key columns, in `METRIC_COLUMNS` order."""
-        value = np.concatenate(self.values) if self.values else np.zeros(0)
-        n = value.size
-        data = {name: np.full(n, getattr(key, name), dtype=object)
-                for name in ("mode", "fm", "task", "method", "trained_on")}
-        data |= {f: np.concatenate(parts) if parts else np.zeros(0, dtype=object)
-                 for f, parts in self.labels.items()}
-        data["round"] = pd.array([key.round] * n, dtype="Int64")
-        data["value"] = value
-        return pd.DataFrame({c: data[c] for c in METRIC_COLUMNS})
+
+@dataclass(frozen=True)
+class RoundRows:
+    """One evaluated model's history rows, not yet a DataFrame.
+
+    Building a DataFrame of string columns costs about a millisecond, more than computing
+    the rows; a federated run keeps each round's rows in this form and builds one frame
+    of many rounds (`history_frame`) when it writes them.
+    """
+
+    key: RunKey
+    values: np.ndarray
+    labels: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, key: RunKey, columns: _Columns) -> RoundRows:
+        """The rows gathered in ``columns``, concatenated, under ``key``."""
+        values = np.concatenate(columns.values) if columns.values else np.zeros(0)
+        labels = {f: np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+                  for f, parts in columns.labels.items()}
+        return cls(key, values, labels)
+
+    def value(self, metric: str) -> float:
+        """The first value of ``metric`` (NaN if the rows have none)."""
+        hit = np.flatnonzero(self.labels["metric"] == metric)
+        return float(self.values[hit[0]]) if hit.size else float("nan")
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as a DataFrame with `METRIC_COLUMNS`."""
+        return history_frame([self])
+
+
+def _rows_frame(rows: Sequence[RoundRows]) -> pd.DataFrame:
+    sizes = [r.values.size for r in rows]
+    data: dict[str, object] = {
+        name: np.repeat(np.array([getattr(r.key, name) for r in rows], dtype=object), sizes)
+        for name in ("mode", "fm", "task", "method", "trained_on")}
+    data |= {f: np.concatenate([r.labels[f] for r in rows]) for f in _FIELDS[:-1]}
+    missing = np.repeat([r.key.round is None for r in rows], sizes)
+    rounds = np.repeat([r.key.round or 0 for r in rows], sizes).astype(np.int64)
+    data["round"] = pd.arrays.IntegerArray(rounds, missing)
+    data["value"] = np.concatenate([r.values for r in rows])
+    return pd.DataFrame({c: data[c] for c in METRIC_COLUMNS})
+
+
+def history_frame(parts: Sequence[RoundRows | pd.DataFrame]) -> pd.DataFrame:
+    """One DataFrame (`METRIC_COLUMNS`) of `RoundRows` and history frames, in their order.
+
+    Consecutive `RoundRows` become one frame together (one conversion of their string
+    columns, not one per round).
+    """
+    frames: list[pd.DataFrame] = []
+    pending: list[RoundRows] = []
+    for part in parts:
+        if isinstance(part, RoundRows):
+            pending.append(part)
+            continue
+        if pending:
+            frames.append(_rows_frame(pending))
+            pending = []
+        frames.append(part)
+    if pending:
+        frames.append(_rows_frame(pending))
+    if not frames:
+        return empty_history()
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def _f1_rows(out: _Columns, sites: Sequence[SiteCounts], classes: Sequence[str]) -> np.ndarray:
@@ -134,6 +189,14 @@ def rows_from_counts(
     key: RunKey, sites: Sequence[SiteCounts], classes: Sequence[str], label_kind: str | None = None,
     scalars: Sequence[dict[str, object]] = (),
 ) -> pd.DataFrame:
+    """`round_rows` as a DataFrame."""
+    return round_rows(key, sites, classes, label_kind, scalars).frame()
+
+
+def round_rows(
+    key: RunKey, sites: Sequence[SiteCounts], classes: Sequence[str], label_kind: str | None = None,
+    scalars: Sequence[dict[str, object]] = (),
+) -> RoundRows:
     """Turn one model's per-site counts into tidy history rows.
 
     Parameters
@@ -154,7 +217,7 @@ def rows_from_counts(
 
     Returns
     -------
-    pandas.DataFrame
+    RoundRows
         Rows with `METRIC_COLUMNS`: per site macro/per-class F1 and support; per site
         and subgroup kind TPR/FPR/EOD/AOD; pooled over sites (``site = "all"``) the
         same for subgroups and for sites as groups; and the across-site summary
@@ -169,7 +232,7 @@ def rows_from_counts(
         out.add([summary[n] for n in ("mean", "sd", "worst")], site=ALL_SITES, group_kind="site",
                 group=ALL_SITES, metric=["f1_mean", "f1_sd", "f1_worst"], class_="macro")
     _scalar_rows(out, scalars)
-    return out.frame(key)
+    return RoundRows.of(key, out)
 
 
 def _scalar_rows(out: _Columns, rows: Sequence[dict[str, object]]) -> None:

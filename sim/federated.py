@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
 from collections.abc import Iterable, Sequence
 from uuid import uuid4
@@ -24,19 +23,11 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
+from client.records import copy_message
 from server.app import FederatedSettings, build_server_app, run_server
 
 QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_LOG_LEVEL": "WARNING"}
-
-
-def _over_the_wire(msg: Message) -> Message:
-    """A copy of ``msg`` that shares no object with it, as a transport would deliver.
-
-    A pickle round trip: faster than ``copy.deepcopy`` on Flower's record objects, and like
-    a real transport it fails on content that cannot be serialised.
-    """
-    return pickle.loads(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301 - our own bytes
 
 
 class InProcessGrid(Grid):
@@ -88,14 +79,14 @@ class InProcessGrid(Grid):
         for msg in messages:
             mid = str(uuid4())
             msg.metadata.__dict__["_message_id"] = mid  # what Flower's in-memory grid does
-            incoming = _over_the_wire(msg)  # nodes must not share objects with the server
+            incoming = copy_message(msg)  # nodes must not share objects with the server
             try:
                 reply = self.client_app(incoming, self.contexts[msg.metadata.dst_node_id])
             except Exception as err:  # noqa: BLE001 - mirrors the simulation engine
                 reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                       reason=f"{type(err).__name__}: {err}"), reply_to=incoming)
             reply.metadata.__dict__["_message_id"] = str(uuid4())
-            self._replies[mid] = _over_the_wire(reply)
+            self._replies[mid] = copy_message(reply)
             ids.append(mid)
         return ids
 

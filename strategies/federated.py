@@ -23,15 +23,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from client.payload import array_numpy, decode_counts, numpy_record
+from client.records import record_dict, with_entries
 from client.schema import task_classes
-from server.history import ALL_SITES, RunKey, rows_from_counts
+from server.history import ALL_SITES, RoundRows, RunKey, round_rows
 from sim.config import build
 from strategies.base import MethodConfig, get_method
+from strategies.replies import valid_replies
 
 
 @dataclass(frozen=True)
@@ -128,12 +130,14 @@ class FedMammoStrategy(FedAvg):
                          min_available_nodes=n)
         self.plan = plan
         self.on_round_end = on_round_end
-        self.history: list[pd.DataFrame] = []
+        #: Each round's rows (`server.history.history_frame` makes them one DataFrame).
+        self.history: list[RoundRows | pd.DataFrame] = []
         self.train_sites: dict[int, list[str]] = {}
         self._pending_rows: list[dict[str, object]] = []
         self.current_arrays: ArrayRecord | None = None
         #: The global model sent in this round's training messages, as numpy arrays.
         self.sent_arrays: dict[str, np.ndarray] = {}
+        self._base_record: tuple[int, ConfigRecord] = (-1, ConfigRecord())
 
     @property
     def method_config(self) -> MethodConfig:
@@ -188,12 +192,16 @@ class FedMammoStrategy(FedAvg):
 
     def _messages(self, sites: Iterable[str], arrays: ArrayRecord, server_round: int,
                   kind: str) -> list[Message]:
-        out, base = [], self._base_config(server_round)
+        # Checked by Flower once per round (train and evaluate share it); each site's copy
+        # adds (checked) only its own entries.
+        if self._base_record[0] != server_round:
+            self._base_record = (server_round, ConfigRecord(self._base_config(server_round)))
+        out, base = [], self._base_record[1]
         for site in sites:
-            cfg = base | {"domain": self.plan.domains[site]}
+            own = {"domain": self.plan.domains[site]}
             if kind == MessageType.TRAIN:
-                cfg |= self.extra_train_config(server_round, site)
-            content = RecordDict({"arrays": arrays, "config": ConfigRecord(cfg)})
+                own |= self.extra_train_config(server_round, site)
+            content = record_dict({"arrays": arrays, "config": with_entries(base, own)})
             out.append(Message(content=content, message_type=kind, dst_node_id=self.plan.node_of(site),
                                group_id=str(self._round(server_round))))
         return out
@@ -216,7 +224,7 @@ class FedMammoStrategy(FedAvg):
         return self._messages(self.plan.sites, arrays, server_round, MessageType.EVALUATE)
 
     def _valid_by_site(self, replies: Iterable[Message], is_train: bool) -> list[tuple[str, Message]]:
-        valid, _errors = self._check_and_log_replies(replies, is_train=is_train)
+        valid = valid_replies(replies, is_train, self.weighted_by_key)
         return sorted(((self.plan.node_to_site[m.metadata.src_node_id], m) for m in valid),
                       key=lambda t: t[0])
 
@@ -256,10 +264,9 @@ class FedMammoStrategy(FedAvg):
         extra = self._pending_rows + [
             {"site": s, "metric": "eval_missing", "value": 1.0} for s in missing]
         extra.append({"site": ALL_SITES, "metric": "n_missing", "value": float(len(missing))})
-        frame = rows_from_counts(key, counts, task_classes(s.task), s.task, scalars=extra)
-        self.history.append(frame)
+        rows = round_rows(key, counts, task_classes(s.task), s.task, scalars=extra)
+        self.history.append(rows)
         self._pending_rows = []
         if self.on_round_end is not None:
             self.on_round_end(rnd)
-        f1 = frame["value"].to_numpy()[frame["metric"].to_numpy() == "f1_mean"]
-        return MetricRecord({"f1-mean": float(f1[0]) if f1.size else np.nan, "n-missing": len(missing)})
+        return MetricRecord({"f1-mean": rows.value("f1_mean"), "n-missing": len(missing)})

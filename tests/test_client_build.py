@@ -73,3 +73,65 @@ def test_a_reloaded_inference_model_predicts_as_a_fresh_one(method):
             assert torch.equal(model.state_dict()[k], v), k
     other = inference_model(ConfigRecord(dict(_cfg(method)) | {"class-weights": [1.0] * 4}), 16, versions[0])
     assert other is not first  # another configuration, another model
+
+
+def test_an_inference_model_is_reloaded_unless_it_holds_those_very_bytes(monkeypatch):
+    """Every site of an in-process run evaluates the same record: loaded once, still right."""
+    import pickle
+    from collections import OrderedDict
+
+    import client.app as app
+    from client.payload import numpy_record
+    from client.records import copy_record
+
+    monkeypatch.setattr(app, "_INFERENCE", OrderedDict())
+    loads = []
+    real = app._load
+    monkeypatch.setattr(app, "_load", lambda model, weights: (loads.append(1), real(model, weights)))
+    records = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        records.append(numpy_record(build_model(_cfg("unified"), 16).state_dict()))
+    a, b = records
+    steps = [(a, 1), (copy_record(a), 0), (b, 1), (pickle.loads(pickle.dumps(a)), 1)]  # noqa: S301
+    for record, expected_loads in steps:
+        before = len(loads)
+        model = app.inference_model(_cfg("unified"), 16, record)
+        assert len(loads) - before == expected_loads
+        want = build_model(_cfg("unified"), 16, record)
+        for k, v in want.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_a_model_made_from_the_prototype_trains_as_a_constructed_one(method):
+    """Local updates from a cloned and from a constructed model (same weights, seed) agree bitwise."""
+    from client.app import _model_key, _NoRandomInit, _prototype, _recipe
+    from client.payload import numpy_record
+    from strategies.core import ArrayData, HParams, fit_steps
+
+    cfg = _cfg(method)
+    torch.manual_seed(0)
+    weights = numpy_record(build_model(cfg, 16).state_dict())
+    prototype = _prototype(*_model_key(cfg, 16))
+    before = {k: v.clone() for k, v in prototype.state_dict().items()} if prototype is not None else {}
+    cls, config, spec = _recipe(*_model_key(cfg, 16))
+    with _NoRandomInit():
+        constructed = cls(spec, config)
+    constructed.load_state_dict(build_model(cfg, 16, weights).state_dict())
+    rng = np.random.default_rng(1)
+    data = ArrayData(rng.normal(size=(64, 16)).astype(np.float32), rng.integers(0, 4, 64),
+                     rng.integers(0, 3, 64), np.arange(64),
+                     {"density": rng.integers(0, 4, 64), "age_band": rng.integers(0, 3, 64)})
+    trained = []
+    for model in (build_model(cfg, 16, weights), constructed):
+        model.begin_round({})
+        model.configure_optimizer(1e-2)
+        torch.manual_seed(7)  # as the client seeds each message (methods may draw noise)
+        fit_steps(model, data, HParams(16, 1e-2, 1), 6, seed=5)
+        trained.append(model.state_dict())
+    for k, v in trained[0].items():
+        assert torch.equal(v, trained[1][k]), k
+    if prototype is not None:  # training the clone left the prototype as it was
+        for k, v in prototype.state_dict().items():
+            assert v.numpy().tobytes() == before[k].numpy().tobytes(), k  # bytes: never-filled tensors

@@ -118,3 +118,27 @@ def test_scalars_alone_make_a_frame():
     df = rows_from_counts(RunKey("federated", "fm", "density", "m", "all", 1), [], ("a", "b"),
                           scalars=[{"site": "all", "metric": "n_missing", "value": 3.0}])
     assert tuple(df.columns) == METRIC_COLUMNS and df["value"].tolist() == [3.0]
+
+
+def test_history_frame_of_many_rounds_equals_their_frames(tmp_path):
+    from server.history import history_frame, round_rows
+
+    counts, _ = _sites()
+    classes = ("healthy", "benign", "malignant")
+    rounds = [round_rows(RunKey("federated", "fm", "diagnosis", "m", "all", r), counts[:r + 1], classes,
+                         scalars=[{"site": "S0", "metric": "train_loss", "value": 0.1 * r}])
+              for r in (1, 2, 3)]
+    whole = history_frame(rounds)
+    pd.testing.assert_frame_equal(whole, pd.concat([r.frame() for r in rounds], ignore_index=True))
+    assert tuple(whole.columns) == METRIC_COLUMNS and whole["round"].dtype == "Int64"
+    # A resumed run: earlier rounds read back from their parquet part, then new rounds' rows.
+    whole.to_parquet(tmp_path / "h.parquet")
+    first = pd.read_parquet(tmp_path / "h.parquet").query("round == 1").reset_index(drop=True)
+    pd.testing.assert_frame_equal(history_frame([first, rounds[1], rounds[2]]), whole)
+    for r, rows in zip((1, 2, 3), rounds, strict=True):
+        mean = whole[(whole["round"] == r) & (whole.metric == "f1_mean")]["value"].item()
+        assert rows.value("f1_mean") == mean
+    assert np.isnan(rounds[0].value("no such metric"))
+    pooled = rows_from_counts(RunKey("pooled", "fm", "diagnosis", "m", "all"), counts, classes)
+    assert pooled["round"].isna().all() and pooled["round"].dtype == "Int64"
+    assert history_frame([]).empty
