@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results with a ``markdown`` section."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

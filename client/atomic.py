@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.feather as feather
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -54,6 +56,15 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
     """Write ``frame`` to ``path`` as Parquet, atomically."""
     return atomic_write(path, lambda p: frame.to_parquet(p, index=False))
+
+
+def write_arrow(path: str | Path, table: pa.Table) -> Path:
+    """Write ``table`` to ``path`` as an uncompressed Arrow IPC (Feather) file, atomically.
+
+    About a third of Parquet's cost for a small table: for files written often and read
+    rarely, such as a federated run's per-round checkpoint history.
+    """
+    return atomic_write(path, lambda p: feather.write_feather(table, p, compression="uncompressed"))
 
 
 def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from client.app import build_model
-from client.atomic import atomic_dir, write_parquet
-from client.payload import array_numpy, numpy_record
-from server.history import RoundRows, history_frame
+from client.atomic import atomic_dir, write_arrow, write_parquet
+from client.payload import numpy_record, save_record
+from server.history import RoundRows, history_frame, read_history_part, rows_table
 from server.privacy import privatize
 from server.prompt_grid import PromptGrid
 from strategies.base import get_method, seed_torch
@@ -92,11 +93,12 @@ def initial_arrays(plan: FederationPlan, dim: int) -> ArrayRecord:
 
 def history_parts(out: Path) -> list[Path]:
     """The per-round history files of the run in ``out``, in round order."""
-    return sorted((out / HISTORY_PARTS).glob("round-*.parquet"))
+    parts = [*(out / HISTORY_PARTS).glob("round-*.arrow"), *(out / HISTORY_PARTS).glob("round-*.parquet")]
+    return sorted(parts, key=part_round)  # .parquet: parts written by earlier versions
 
 
 def part_round(part: Path) -> int:
-    """The round a `history_parts` file holds (``round-00007.parquet`` → 7)."""
+    """The round a `history_parts` file holds (``round-00007.arrow`` → 7)."""
     return int(part.stem.split("-")[1])
 
 
@@ -142,10 +144,13 @@ class Checkpointer:
     def _write(self, server_round: int, new: list[RoundRows | pd.DataFrame], arrays: ArrayRecord,
                state: str) -> None:
         if new:
-            write_parquet(self.parts / f"round-{server_round:05d}.parquet", history_frame(new))
+            rows = [p for p in new if isinstance(p, RoundRows)]  # this session's rounds
+            part = rows_table(rows) if len(rows) == len(new) else pa.Table.from_pandas(
+                history_frame(new), preserve_index=False)
+            write_arrow(self.parts / f"round-{server_round:05d}.arrow", part)
 
         def fill(tmp: Path) -> None:
-            np.savez(tmp / "arrays.npz", **{k: array_numpy(v) for k, v in arrays.items()})
+            save_record(tmp / "arrays.npz", arrays)
             (tmp / "state.json").write_text(state)
 
         atomic_dir(self.folder, fill)
@@ -172,7 +177,7 @@ def restore(out: Path, strategy: FedMammoStrategy) -> tuple[int, ArrayRecord]:
     state = json.loads((folder / "state.json").read_text())
     done = int(state["round"])
     strategy.load_state_dict(state["strategy"])
-    strategy.history = [pd.read_parquet(p) for p in history_parts(out) if part_round(p) <= done]
+    strategy.history = [read_history_part(p) for p in history_parts(out) if part_round(p) <= done]
     with np.load(folder / "arrays.npz") as npz:
         arrays = numpy_record({k: npz[k] for k in npz.files})
     return done, arrays

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from client.evaluation import GROUP_KINDS, SiteCounts
 from server.metrics import _fpr_all, _tpr_all, aggregate_counts, f1_per_class, site_summary
@@ -99,6 +101,31 @@ def _rows_frame(rows: Sequence[RoundRows]) -> pd.DataFrame:
     data["round"] = pd.arrays.IntegerArray(rounds, missing)
     data["value"] = np.concatenate([r.values for r in rows])
     return pd.DataFrame({c: data[c] for c in METRIC_COLUMNS})
+
+
+def rows_table(rows: Sequence[RoundRows]) -> pa.Table:
+    """`RoundRows` as one Arrow table of `METRIC_COLUMNS` (strings, int64 round, float64 value).
+
+    What a checkpoint writes every round (as Arrow IPC): Arrow takes the label arrays as
+    they are, at a third of the cost of a DataFrame and its conversion. Reading it back gives
+    `history_frame`'s columns once ``round`` is cast to ``Int64`` (`read_history_part`).
+    """
+    sizes = [r.values.size for r in rows]
+    columns: dict[str, pa.Array] = {
+        name: pa.array(np.repeat(np.array([getattr(r.key, name) for r in rows], dtype=object), sizes),
+                       type=pa.string())
+        for name in ("mode", "fm", "task", "method", "trained_on")}
+    columns["round"] = pa.array(np.repeat([r.key.round for r in rows], sizes).tolist(), type=pa.int64())
+    columns |= {f: pa.array(np.concatenate([r.labels[f] for r in rows]), type=pa.string())
+                for f in _FIELDS[:-1]}
+    columns["value"] = pa.array(np.concatenate([r.values for r in rows]), type=pa.float64())
+    return pa.table({c: columns[c] for c in METRIC_COLUMNS})
+
+
+def read_history_part(path: str | Path) -> pd.DataFrame:
+    """A history file (Arrow IPC from `rows_table`, or Parquet) as a history frame."""
+    read = pd.read_parquet if Path(path).suffix == ".parquet" else pd.read_feather
+    return read(path).astype({"round": "Int64"})
 
 
 def history_frame(parts: Sequence[RoundRows | pd.DataFrame]) -> pd.DataFrame:

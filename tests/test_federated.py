@@ -184,7 +184,7 @@ def test_history_part_of_an_unfinished_checkpoint_is_ignored(store, tmp_path, si
     monkeypatch.setattr(server_app, "atomic_dir", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=4))
-    assert (tmp_path / "part" / server_app.HISTORY_PARTS / "round-00003.parquet").is_file()
+    assert (tmp_path / "part" / server_app.HISTORY_PARTS / "round-00003.arrow").is_file()
     monkeypatch.setattr(server_app, "atomic_dir", original)
     h = run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=4, resume=True))
     pd.testing.assert_frame_equal(h, full)
@@ -192,7 +192,7 @@ def test_history_part_of_an_unfinished_checkpoint_is_ignored(store, tmp_path, si
     again = run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=2))
     assert sorted(again["round"].dropna().unique()) == [1, 2]
     parts = sorted(p.name for p in (tmp_path / "part" / server_app.HISTORY_PARTS).iterdir())
-    assert parts == ["round-00001.parquet", "round-00002.parquet"]
+    assert parts == ["round-00001.arrow", "round-00002.arrow"]
 
 
 @pytest.mark.slow

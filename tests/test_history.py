@@ -142,3 +142,16 @@ def test_history_frame_of_many_rounds_equals_their_frames(tmp_path):
     pooled = rows_from_counts(RunKey("pooled", "fm", "diagnosis", "m", "all"), counts, classes)
     assert pooled["round"].isna().all() and pooled["round"].dtype == "Int64"
     assert history_frame([]).empty
+
+
+def test_a_checkpoint_part_reads_back_as_the_history_frame(tmp_path):
+    from client.atomic import write_arrow, write_parquet
+    from server.history import history_frame, read_history_part, round_rows, rows_table
+
+    counts, _ = _sites()
+    rounds = [round_rows(RunKey("federated", "fm", "density", "m", "all", r), counts, ("a", "b", "c"),
+                         label_kind="density") for r in (4, 5)]
+    write_arrow(tmp_path / "part.arrow", rows_table(rounds))
+    write_parquet(tmp_path / "part.parquet", history_frame(rounds))  # a part of an earlier version
+    for name in ("part.arrow", "part.parquet"):
+        pd.testing.assert_frame_equal(read_history_part(tmp_path / name), history_frame(rounds))

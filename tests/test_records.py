@@ -124,3 +124,18 @@ def test_load_record_falls_back_and_fails_like_load_state_dict():
         load_record(torch.nn.Linear(5, 3), numpy_record({"weight": source.weight}))
     with pytest.raises(RuntimeError, match="Unexpected key"):
         load_record(torch.nn.Linear(5, 3), numpy_record(source.state_dict() | {"extra": torch.ones(1)}))
+
+
+def test_save_record_writes_what_np_savez_writes(tmp_path):
+    from client.payload import save_record
+
+    values = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "n": np.array(5, dtype=np.int64),
+              "f": np.asfortranarray(np.ones((2, 3)))}
+    record = ArrayRecord({k: Array(v) for k, v in values.items()})  # Fortran order: re-encoded
+    save_record(tmp_path / "a.npz", record)
+    np.savez(tmp_path / "b.npz", **values)
+    with np.load(tmp_path / "a.npz") as got, np.load(tmp_path / "b.npz") as want:
+        assert got.files == want.files
+        for k in want.files:
+            np.testing.assert_array_equal(got[k], want[k])
+            assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
