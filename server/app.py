@@ -103,26 +103,33 @@ def part_round(part: Path) -> int:
 
 
 class Checkpointer:
-    """Writes parameters, strategy state and the round's new history after every round.
+    """Writes parameters, strategy state and the rounds' new history after a round.
 
-    The history grows every round, so it is not rewritten whole: each round's new rows go
-    to their own file under ``out/checkpoint-history/`` (written atomically) before the
-    small checkpoint folder (arrays, state, round) is swapped in; a resume reads the
-    parts up to the checkpoint's round. A checkpoint thus costs the same at round 50 as
-    at round 1.
+    The history grows every round, so it is not rewritten whole: the rows of the rounds
+    since the last checkpoint go to one file under ``out/checkpoint-history/`` (written
+    atomically, named by the round) before the small checkpoint folder (arrays, state,
+    round) is swapped in; a resume reads the parts up to the checkpoint's round. A
+    checkpoint thus costs the same at round 50 as at round 1. It is skipped after a round
+    that ends less than ``every_s`` seconds after the last one, except the run's last.
 
-    The files are written on a background thread while the next round runs (the server
-    would otherwise wait on them between rounds). Everything a write needs is captured
-    when the round ends; one write is in flight at a time, and its error surfaces at the
-    next checkpoint or at `close`, which the run calls before it writes its results.
+    With ``background`` the files are written on a thread while the next round runs: a
+    server that waits on remote clients would otherwise wait on them too. In process the
+    clients share the interpreter with that thread, which costs more than the write, so
+    it is done in place. Everything a write needs is captured when the round ends; one
+    write is in flight at a time, and its error surfaces at the next checkpoint or at
+    `close`, which the run calls before it writes its results.
     """
 
-    def __init__(self, out: Path, strategy: FedMammoStrategy) -> None:
+    def __init__(self, out: Path, strategy: FedMammoStrategy, every_s: float = 0.0,
+                 background: bool = True) -> None:
         self.folder = out / CHECKPOINT
         self.parts = out / HISTORY_PARTS
         self.strategy = strategy
+        self.every_s = every_s
         self.saved = 0  # history frames already in a part file
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedmammo-checkpoint")
+        self._last = time.monotonic()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedmammo-checkpoint") \
+            if background else None
         self._pending: Future[None] | None = None
 
     def start(self, done: int) -> None:
@@ -131,15 +138,23 @@ class Checkpointer:
             if part_round(part) > done:
                 part.unlink()
         self.saved = len(self.strategy.history)
+        self._last = time.monotonic()
 
     def __call__(self, server_round: int) -> None:
-        """Save the state reached after ``server_round`` (one atomic folder swap)."""
+        """Save the state reached after ``server_round`` (one atomic folder swap), if due."""
+        last = server_round >= self.strategy.plan.settings.num_rounds
+        if not last and time.monotonic() - self._last < self.every_s:
+            return
+        self._last = time.monotonic()
         arrays = self.strategy.current_arrays
         new = self.strategy.history[self.saved:]
         self.saved = len(self.strategy.history)
         state = json.dumps({"round": server_round, "strategy": self.strategy.state_dict()})
         self.wait()
-        self._pending = self._pool.submit(self._write, server_round, new, arrays, state)
+        if self._pool is None:
+            self._write(server_round, new, arrays, state)
+        else:
+            self._pending = self._pool.submit(self._write, server_round, new, arrays, state)
 
     def _write(self, server_round: int, new: list[RoundRows | pd.DataFrame], arrays: ArrayRecord,
                state: str) -> None:
@@ -166,7 +181,8 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            self._pool.shutdown()
+            if self._pool is not None:
+                self._pool.shutdown()
 
 
 def restore(out: Path, strategy: FedMammoStrategy) -> tuple[int, ArrayRecord]:
@@ -200,11 +216,13 @@ def run_server(grid: Grid, s: FederatedSettings) -> pd.DataFrame:
         ``out/metrics.parquet`` with the final parameters in ``out/final.npz``.
     """
     out = Path(s.out)
+    in_process = bool(getattr(grid, "in_process", False))  # clients share this interpreter
     grid = PromptGrid(grid)
     plan, dim = make_plan(s, discover(grid, s))
     strategy_cls = getattr(get_method(s.method), "strategy_cls", None) or FedMammoStrategy
     strategy = strategy_cls(plan)
-    checkpoint = strategy.on_round_end = Checkpointer(out, strategy)
+    checkpoint = strategy.on_round_end = Checkpointer(
+        out, strategy, s.checkpoint_every_s, background=not in_process)
     arrays, done = initial_arrays(plan, dim), 0
     if s.resume:
         done, arrays = restore(out, strategy)
@@ -238,7 +256,7 @@ def settings_from_run_config(context: Context) -> FederatedSettings:
         fault_rate=float(rc.get("fault-rate", 0.0)), resume=bool(rc.get("resume", False)),
         timeout=float(rc.get("node-timeout", 600.0)), min_nodes=int(rc.get("min-nodes", 0)),
         dp_noise=float(rc.get("dp-noise", 0.0)), dp_clip=float(rc.get("dp-clip", 1.0)),
-        dp_delta=float(rc.get("dp-delta", 1e-5)))
+        dp_delta=float(rc.get("dp-delta", 1e-5)), checkpoint_every_s=float(rc.get("checkpoint-every-s", 1.0)))
 
 
 def build_server_app(settings: FederatedSettings | None = None) -> ServerApp:

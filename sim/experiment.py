@@ -58,6 +58,8 @@ class FederatedConfig:
     or ``ray`` (Flower's simulation engine). One round = ``local_epochs`` local epochs
     at every sampled site, or, when ``local_steps > 0``, that many minibatch updates at
     every site (so sites move the model in proportion to their size, as pooled SGD).
+    A run checkpoints after a round when ``checkpoint_every_s`` seconds have passed since
+    its last checkpoint, and after its last round (0: after every round).
     """
 
     rounds: int = 15
@@ -69,8 +71,11 @@ class FederatedConfig:
     fault_rate: float = 0.0
     engine: str = "inprocess"
     methods: tuple[str, ...] = ()
+    checkpoint_every_s: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.checkpoint_every_s < 0:
+            raise ValueError(f"checkpoint_every_s {self.checkpoint_every_s}: expected seconds >= 0")
         if self.engine not in ("inprocess", "ray"):
             raise ValueError(f"engine {self.engine!r}: expected 'inprocess' or 'ray'")
         if not 0 < self.fraction_train <= 1:

@@ -43,6 +43,9 @@ class InProcessGrid(Grid):
         Seeds the (random-looking) node ids, like a real SuperLink's.
     """
 
+    #: The nodes run in this interpreter (the server then writes checkpoints in place).
+    in_process = True
+
     def __init__(
         self, client_app: ClientApp, node_configs: Sequence[dict[str, object]], seed: int = 0
     ) -> None:

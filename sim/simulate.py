@@ -34,7 +34,7 @@ def settings_for(exp: Experiment, store: Path, out: Path, fm: str, task: str, me
         num_rounds=f.rounds, local_epochs=f.local_epochs, local_steps=f.local_steps,
         batch_size=f.batch_size, lr=f.lr,
         seed=exp.protocol.seed, fraction_train=f.fraction_train, fault_rate=f.fault_rate,
-        resume=resume, method_overrides=overrides)
+        resume=resume, method_overrides=overrides, checkpoint_every_s=f.checkpoint_every_s)
 
 
 def run_federated_experiment(exp: Experiment, out: str | Path, engine: str | None = None,

@@ -63,6 +63,9 @@ class FederatedSettings:
     dp_delta: float = 1e-5
     #: Nodes to wait for before starting (0 = one per site), within ``timeout`` seconds.
     min_nodes: int = 0
+    #: Checkpoint after a round only if this many seconds passed since the last checkpoint
+    #: (the last round always): a crash loses at most that much work. 0 = every round.
+    checkpoint_every_s: float = 1.0
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -155,7 +157,7 @@ def test_resume_reaches_the_same_final_parameters(store, tmp_path, sites, monkey
             raise KeyboardInterrupt("simulated crash after round 2")
 
     monkeypatch.setattr(server_app.Checkpointer, "__call__", crash_after_two)
-    part = _settings(store, tmp_path / "part", sites, num_rounds=4)
+    part = _settings(store, tmp_path / "part", sites, num_rounds=4, checkpoint_every_s=0)
     with pytest.raises(KeyboardInterrupt):
         run_inprocess(part)
     monkeypatch.setattr(server_app.Checkpointer, "__call__", original)
@@ -183,13 +185,13 @@ def test_history_part_of_an_unfinished_checkpoint_is_ignored(store, tmp_path, si
 
     monkeypatch.setattr(server_app, "atomic_dir", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=4))
+        run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=4, checkpoint_every_s=0))
     assert (tmp_path / "part" / server_app.HISTORY_PARTS / "round-00003.arrow").is_file()
     monkeypatch.setattr(server_app, "atomic_dir", original)
     h = run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=4, resume=True))
     pd.testing.assert_frame_equal(h, full)
     # A fresh run in the same folder starts its history from scratch.
-    again = run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=2))
+    again = run_inprocess(_settings(store, tmp_path / "part", sites, num_rounds=2, checkpoint_every_s=0))
     assert sorted(again["round"].dropna().unique()) == [1, 2]
     parts = sorted(p.name for p in (tmp_path / "part" / server_app.HISTORY_PARTS).iterdir())
     assert parts == ["round-00001.arrow", "round-00002.arrow"]
@@ -234,3 +236,32 @@ def test_federated_groupdro_protects_the_worst_site(tmp_path, sites):
             w = last[last.metric == "site_weight"]["value"]
             assert abs(w.sum() - 1) < 1e-9 and w.max() > 1.5 / len(w)  # the weights moved
     assert worst["groupdro"] >= worst["unified"] - 0.02, worst
+
+
+def test_checkpoints_follow_their_interval_and_the_last_round_is_always_saved(store, tmp_path, sites):
+    import server.app as server_app
+
+    rare = _settings(store, tmp_path / "rare", sites, num_rounds=4, checkpoint_every_s=3600)
+    h = run_inprocess(rare)
+    parts = list((tmp_path / "rare" / server_app.HISTORY_PARTS).iterdir())
+    assert [p.name for p in parts] == ["round-00004.arrow"]  # one part: every round's rows
+    assert json.loads((tmp_path / "rare" / "checkpoint" / "state.json").read_text())["round"] == 4
+    pd.testing.assert_frame_equal(server_app.read_history_part(parts[0]), h)
+
+
+def test_a_background_writer_checkpoints_the_same_files(store, tmp_path, sites, monkeypatch):
+    """Remote engines write checkpoints on a thread; the files equal those written in place."""
+    import server.app as server_app
+    import sim.federated as fed
+
+    monkeypatch.setattr(fed.InProcessGrid, "in_process", False)
+    threaded = run_inprocess(_settings(store, tmp_path / "bg", sites, checkpoint_every_s=0))
+    monkeypatch.undo()
+    in_place = run_inprocess(_settings(store, tmp_path / "fg", sites, checkpoint_every_s=0))
+    pd.testing.assert_frame_equal(threaded, in_place)
+    for name in ("bg", "fg"):
+        assert len(server_app.history_parts(tmp_path / name)) == 3
+    with np.load(tmp_path / "bg" / "checkpoint" / "arrays.npz") as a, \
+            np.load(tmp_path / "fg" / "checkpoint" / "arrays.npz") as b:
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
