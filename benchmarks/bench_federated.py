@@ -177,6 +177,18 @@ def ray_figures(store: str, tmp: Path, rounds: int, compute_per_round: float) ->
             "ray_overhead_per_round_s": round(per_round - compute_per_round, 3)}
 
 
+def inprocess_overheads(s: FederatedSettings, parts: list[SiteTask], rounds: int, repeats: int,
+                        change: dict[str, object]) -> dict[str, float]:
+    """`paired` figures of in-process runs of ``s`` (with ``change``) against the compute loop.
+
+    Marginal rounds, as for Ray: a (2 + ``rounds``)-round run minus a 2-round run.
+    """
+    short_s = FederatedSettings(**(asdict(s) | change | {"out": f"{s.out}-short", "num_rounds": 2}))
+    long_s = FederatedSettings(**(asdict(s) | change | {"num_rounds": 2 + rounds}))
+    return paired(lambda: compute_only(parts, rounds), lambda: run_inprocess(long_s),
+                  lambda: run_inprocess(short_s), repeats)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results with a ``markdown`` section."""
     parser = argparse.ArgumentParser()
@@ -194,29 +206,19 @@ def main(argv: list[str] | None = None) -> dict:
         write_synthetic_store(store, load_sites(), ["mammoclip"], 0.25, 0, show_progress=False)
         s = FederatedSettings(store=store, fm="mammoclip", task="density", method="unified",
                               sites=tuple(sites), out=f"{tmp}/fed", num_rounds=args.rounds, local_steps=STEPS)
-        # Marginal rounds, as for Ray: a (2 + R)-round run minus a 2-round run.
-        short_s = FederatedSettings(**(asdict(s) | {"out": f"{tmp}/short", "num_rounds": 2}))
-        long_s = FederatedSettings(**(asdict(s) | {"num_rounds": 2 + args.rounds}))
         parts = site_parts(store, sites)
-        med = paired(lambda: compute_only(parts, args.rounds),
-                     lambda: run_inprocess(long_s), lambda: run_inprocess(short_s), args.repeats)
+        med = inprocess_overheads(s, parts, args.rounds, args.repeats, {})
+        med_every = inprocess_overheads(s, parts, args.rounds, args.repeats, {"checkpoint_every_s": 0.0})
         compute, inproc = med["compute"], med["federation"]
-        every = {"checkpoint_every_s": 0.0}  # the default checkpoints at most once a second
-        med_every = paired(lambda: compute_only(parts, args.rounds),
-                           lambda: run_inprocess(FederatedSettings(**(asdict(long_s) | every))),
-                           lambda: run_inprocess(FederatedSettings(**(asdict(short_s) | every))),
-                           args.repeats)
         quick = FederatedSettings(**(asdict(s) | {"out": f"{tmp}/quick", "num_rounds": 40}))
         quick_s = timed(lambda: run_inprocess(quick), args.repeats)
         pooled_s = timed(lambda: pooled_epochs(store, sites, 30), args.repeats)
+        per_round = {f"{prefix}_{k}_per_round_s": round(m[k] / args.rounds, 4)
+                     for prefix, m in (("inprocess", med), ("every_round", med_every))
+                     for k in ("overhead", "overhead_in_run")}
         out = {"bench": "federated", "rounds": args.rounds, "local_steps": STEPS, "sites": len(sites),
                "repeats": args.repeats, "client_compute_s": round(compute, 3),
-               "inprocess_s": round(inproc, 3),
-               "inprocess_overhead_per_round_s": round(med["overhead"] / args.rounds, 4),
-               "inprocess_overhead_in_run_per_round_s": round(med["overhead_in_run"] / args.rounds, 4),
-               "every_round_overhead_per_round_s": round(med_every["overhead"] / args.rounds, 4),
-               "every_round_overhead_in_run_per_round_s":
-                   round(med_every["overhead_in_run"] / args.rounds, 4),
+               "inprocess_s": round(inproc, 3), **per_round,
                "quick_federated_40_rounds_s": round(quick_s, 2), "pooled_30_epochs_s": round(pooled_s, 2),
                "quick_federated_vs_pooled_ratio": round(quick_s / pooled_s, 2)}
         if not args.no_ray:
