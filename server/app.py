@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -156,13 +155,9 @@ class Checkpointer:
         else:
             self._pending = self._pool.submit(self._write, server_round, new, arrays, state)
 
-    def _write(self, server_round: int, new: list[RoundRows | pd.DataFrame], arrays: ArrayRecord,
-               state: str) -> None:
-        if new:
-            rows = [p for p in new if isinstance(p, RoundRows)]  # this session's rounds
-            part = rows_table(rows) if len(rows) == len(new) else pa.Table.from_pandas(
-                history_frame(new), preserve_index=False)
-            write_arrow(self.parts / f"round-{server_round:05d}.arrow", part)
+    def _write(self, server_round: int, new: list[RoundRows], arrays: ArrayRecord, state: str) -> None:
+        if new:  # this session's rounds: `start` counts restored history frames as saved
+            write_arrow(self.parts / f"round-{server_round:05d}.arrow", rows_table(new))
 
         def fill(tmp: Path) -> None:
             save_record(tmp / "arrays.npz", arrays)

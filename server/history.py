@@ -90,35 +90,33 @@ class RoundRows:
         return history_frame([self])
 
 
-def _rows_frame(rows: Sequence[RoundRows]) -> pd.DataFrame:
+def _flat(rows: Sequence[RoundRows]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Many rounds' rows as one set of columns: (string columns, round, round missing, value)."""
     sizes = [r.values.size for r in rows]
-    data: dict[str, object] = {
-        name: np.repeat(np.array([getattr(r.key, name) for r in rows], dtype=object), sizes)
-        for name in ("mode", "fm", "task", "method", "trained_on")}
-    data |= {f: np.concatenate([r.labels[f] for r in rows]) for f in _FIELDS[:-1]}
+    strings = {name: np.repeat(np.array([getattr(r.key, name) for r in rows], dtype=object), sizes)
+               for name in ("mode", "fm", "task", "method", "trained_on")}
+    strings |= {f: np.concatenate([r.labels[f] for r in rows]) for f in _FIELDS[:-1]}
     missing = np.repeat([r.key.round is None for r in rows], sizes)
     rounds = np.repeat([r.key.round or 0 for r in rows], sizes).astype(np.int64)
-    data["round"] = pd.arrays.IntegerArray(rounds, missing)
-    data["value"] = np.concatenate([r.values for r in rows])
+    return strings, rounds, missing, np.concatenate([r.values for r in rows])
+
+
+def _rows_frame(rows: Sequence[RoundRows]) -> pd.DataFrame:
+    strings, rounds, missing, values = _flat(rows)
+    data = strings | {"round": pd.arrays.IntegerArray(rounds, missing), "value": values}
     return pd.DataFrame({c: data[c] for c in METRIC_COLUMNS})
 
 
 def rows_table(rows: Sequence[RoundRows]) -> pa.Table:
     """`RoundRows` as one Arrow table of `METRIC_COLUMNS` (strings, int64 round, float64 value).
 
-    What a checkpoint writes every round (as Arrow IPC): Arrow takes the label arrays as
-    they are, at a third of the cost of a DataFrame and its conversion. Reading it back gives
+    What a checkpoint writes (as Arrow IPC): Arrow takes the label arrays as they are, at
+    a third of the cost of a DataFrame and its conversion. Reading it back gives
     `history_frame`'s columns once ``round`` is cast to ``Int64`` (`read_history_part`).
     """
-    sizes = [r.values.size for r in rows]
-    columns: dict[str, pa.Array] = {
-        name: pa.array(np.repeat(np.array([getattr(r.key, name) for r in rows], dtype=object), sizes),
-                       type=pa.string())
-        for name in ("mode", "fm", "task", "method", "trained_on")}
-    columns["round"] = pa.array(np.repeat([r.key.round for r in rows], sizes).tolist(), type=pa.int64())
-    columns |= {f: pa.array(np.concatenate([r.labels[f] for r in rows]), type=pa.string())
-                for f in _FIELDS[:-1]}
-    columns["value"] = pa.array(np.concatenate([r.values for r in rows]), type=pa.float64())
+    strings, rounds, missing, values = _flat(rows)
+    columns = {k: pa.array(v, type=pa.string()) for k, v in strings.items()}
+    columns |= {"round": pa.array(rounds, mask=missing), "value": pa.array(values, type=pa.float64())}
     return pa.table({c: columns[c] for c in METRIC_COLUMNS})
 
 
