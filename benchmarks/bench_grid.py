@@ -28,14 +28,14 @@ from fedgrid_model import makespan, parallel_slowdown
 from grid_model import (
     DIMS,
     gemm_gflops,
-    kernel_seconds,
+    kernel_floor,
     lean_step_seconds,
     linear_macs,
     lockstep_width,
+    measured_once,
     protocol_phases,
     samples_seen,
-    stacked_kernel_seconds,
-    stacked_step_seconds,
+    stacked_estimate,
     update_seconds,
     warm_update_seconds,
 )
@@ -101,7 +101,7 @@ def step_floor(config: object, fold_sizes: list[int], n: int, bs_retrain: int, d
     """Sequential steps of the lockstep protocol and their floor in seconds."""
     phases = protocol_phases(config, fold_sizes, n, bs_retrain)
     for bs, _, _ in phases:
-        lean.setdefault((dim, c, bs), lean_step_seconds(dim, c, bs))
+        measured_once(lean, (dim, c, bs), lambda bs=bs: lean_step_seconds(dim, c, bs))
     return sum(s for _, _, s in phases), sum(s * lean[(dim, c, bs)] for bs, _, s in phases)
 
 
@@ -128,7 +128,7 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
             est, path = stacked_estimate(name, dim, c, config, phases, upd), "stacked (estimated)"
         else:
             for bs, _, _ in phases:
-                upd.setdefault((name, dim, bs), update_seconds(name, dim, c, bs))
+                measured_once(upd, (name, dim, bs), lambda bs=bs, name=name: update_seconds(name, dim, c, bs))
             est = sum(r * s * upd[(name, dim, bs)] for bs, r, s in phases)
             path = "per-config (estimated)"
         kernel_s = 0.0
@@ -138,49 +138,6 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
                      "kernel_s": kernel_s, "ratio_to_bound": est / max(flop_s, floor_s, kernel_s),
                      "path": path})
     return rows
-
-
-def stacked_estimate(name: str, dim: int, c: int, config: object, phases: list[tuple[int, int, int]],
-                     upd: dict) -> float:
-    """Protocol seconds of a method whose search trains each fold's learning rates stacked.
-
-    Search phases: (runs / learning rates) stacked runs × their steps × one stacked step
-    (`grid_model.stacked_step_seconds`); the retrain (the last phase, one run) is per-config.
-    """
-    total = 0.0
-    *search, (bs_r, _, steps_r) = phases
-    for bs, runs, steps in search:
-        upd.setdefault(("stacked", name, dim, bs), stacked_step_seconds(name, dim, c, bs))
-        total += runs / len(config.lrs) * steps * upd[("stacked", name, dim, bs)]
-    upd.setdefault((name, dim, bs_r), update_seconds(name, dim, c, bs_r))
-    return total + steps_r * upd[(name, dim, bs_r)]
-
-
-def stacked_floor(dim: int, width: int, bs: int, runs: int, folds: int) -> float:
-    """Seconds per lockstep step of ``runs`` stacked runs' kernels: the cheaper arrangement.
-
-    The runs' GEMMs and Adam updates issued stacked (``folds`` × ``runs / folds``, as
-    `strategies.lockstep` stacks them) or one run after another, whichever is less.
-    """
-    lrs = max(runs // folds, 1)
-    stacked = stacked_kernel_seconds(dim, width, bs, folds if runs > 1 else 1, lrs)
-    return min(stacked, runs * stacked_kernel_seconds(dim, width, bs, 1, 1))
-
-
-def kernel_floor(name: str, dim: int, c: int, width: int, folds: int, phases: list[tuple[int, int, int]],
-                 kern: dict) -> float:
-    """Seconds of a method's unavoidable kernels over the whole protocol (cached in ``kern``)."""
-    lockstep = ls.supports_lockstep(get_method(name))
-    total = 0.0
-    for bs, runs, steps in phases:
-        if lockstep:
-            key = (name, dim, bs, runs)
-            kern.setdefault(key, stacked_floor(dim, width, bs, runs, folds))
-            total += steps * kern[key]
-        else:
-            kern.setdefault((name, dim, bs), kernel_seconds(name, dim, c, bs))
-            total += runs * steps * kern[(name, dim, bs)]
-    return total
 
 
 def equal_work(data: object, c: int, epochs: int, base_choice: tuple, our_choice: tuple, base_s: float

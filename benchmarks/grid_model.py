@@ -77,8 +77,9 @@ def update_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 15
     return (time.perf_counter() - t0) / steps
 
 
-def stacked_step_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 200) -> float:
-    """Seconds per step of one fold's learning rates trained stacked (`strategies.stacked`).
+def stacked_step_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 200, runs: int = 3
+                         ) -> float:
+    """Seconds per step of ``runs`` of a fold's learning rates trained stacked (`strategies.stacked`).
 
     One epoch of ``steps`` batches over ``bs × steps`` random rows (so each step fetches
     its rows from memory, as a real run does), after a short warm-up.
@@ -90,9 +91,10 @@ def stacked_step_seconds(name: str, dim: int, n_classes: int, bs: int, steps: in
     data = ArrayData(rng.standard_normal((n, dim), dtype=np.float32), rng.integers(0, n_classes, n),
                      rng.integers(0, 8, n), np.arange(n))
     spec = make_spec(data, n_classes, 8, config.sensitive)
-    train_stacked(cls, data.take(np.arange(bs * 10)), spec, config, tuple(config.lrs), bs, 1, 0)
+    lrs = tuple(config.lrs)[:runs]
+    train_stacked(cls, data.take(np.arange(bs * 10)), spec, config, lrs, bs, 1, 0)
     t0 = time.perf_counter()
-    train_stacked(cls, data, spec, config, tuple(config.lrs), bs, 1, 0)
+    train_stacked(cls, data, spec, config, lrs, bs, 1, 0)
     return (time.perf_counter() - t0) / steps
 
 
@@ -156,11 +158,14 @@ def samples_seen(config: MethodConfig, fold_sizes: list[int], n: int) -> int:
 def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 100) -> float:
     """Seconds per step of a method's unavoidable kernels, issued back to back.
 
-    For every weight matrix W (out × in) of the method: the forward GEMM of a batch and the
-    weight-gradient GEMM; then one fused Adam update of all its parameters. No autograd,
-    no loss, no activations: what any implementation of one step of the method must at
-    least run, measured on this machine (small-batch GEMMs and the optimizer's memory
-    traffic, which a FLOP count misses).
+    For every weight matrix W (out × in) of the method: the forward GEMM of a batch, the
+    weight-gradient GEMM and, unless the matrix reads the features themselves (``in ==
+    dim``), the input-gradient GEMM that carries the gradient to the layer below; then
+    one fused Adam update of all its parameters. No autograd, no loss, no activations: what
+    any implementation of one step of the method must at least run, measured on this
+    machine (small-batch GEMMs and the optimizer's memory traffic, which a FLOP count
+    misses). Method-specific products beyond one pass through each matrix (FADES's heads
+    on all N² latent pairs) are not counted, so the floor is a lower bound.
     """
     cls = REGISTRY[name]
     torch.manual_seed(0)
@@ -170,6 +175,8 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
     xs = [torch.randn(bs, w.shape[1]) for w in mats]
     gs = [torch.randn(bs, w.shape[0]) for w in mats]
     outs, dws = [torch.empty(bs, w.shape[0]) for w in mats], [torch.empty_like(w) for w in mats]
+    # A matrix that reads the features passes no gradient on: the features are frozen.
+    backs = [(g, w, torch.empty(bs, w.shape[1])) for w, g in zip(mats, gs, strict=True) if w.shape[1] != dim]
     grads = [torch.randn_like(p) * 1e-3 for p in params]
     ms, vs = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     counts = [torch.zeros(()) for _ in params]
@@ -178,6 +185,8 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
         for w, x, g, o, dw in zip(mats, xs, gs, outs, dws, strict=True):
             torch.mm(x, w.T, out=o)
             torch.mm(g.T, x, out=dw)
+        for g, w, dx in backs:
+            torch.mm(g, w, out=dx)
         torch._foreach_add_(counts, 1.0)
         torch._fused_adam_(params, grads, ms, vs, [], counts, lr=1e-3, beta1=0.9, beta2=0.999,
                            weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
@@ -223,3 +232,53 @@ def stacked_kernel_seconds(dim: int, width: int, bs: int, folds: int, lrs: int, 
 
     with threadpool_limits(limits=1, user_api="blas"):
         return _per_call(step, steps)
+
+
+def measured_once(cache: dict, key: tuple, measure: Callable[[], float], repeats: int = 3) -> float:
+    """The median of ``repeats`` calls of ``measure``, taken once per ``key`` and kept in ``cache``."""
+    if key not in cache:
+        cache[key] = statistics.median(measure() for _ in range(repeats))
+    return cache[key]
+
+
+def stacked_estimate(name: str, dim: int, c: int, config: object, phases: list[tuple[int, int, int]],
+                     upd: dict) -> float:
+    """Protocol seconds of a method whose search trains each fold's learning rates stacked.
+
+    Search phases: (runs / learning rates) stacked runs × their steps × one stacked step
+    (`grid_model.stacked_step_seconds`); the retrain (the last phase) is one stacked run.
+    """
+    total = 0.0
+    *search, (bs_r, _, steps_r) = phases
+    for bs, runs, steps in search:
+        measured_once(upd, ("stacked", name, dim, bs), lambda bs=bs: stacked_step_seconds(name, dim, c, bs))
+        total += runs / len(config.lrs) * steps * upd[("stacked", name, dim, bs)]
+    key = ("stacked-1", name, dim, bs_r)
+    return total + steps_r * measured_once(upd, key, lambda: stacked_step_seconds(name, dim, c, bs_r, runs=1))
+
+
+def stacked_floor(dim: int, width: int, bs: int, runs: int, folds: int) -> float:
+    """Seconds per lockstep step of ``runs`` stacked runs' kernels: the cheaper arrangement.
+
+    The runs' GEMMs and Adam updates issued stacked (``folds`` × ``runs / folds``, as
+    `strategies.lockstep` stacks them) or one run after another, whichever is less.
+    """
+    lrs = max(runs // folds, 1)
+    stacked = stacked_kernel_seconds(dim, width, bs, folds if runs > 1 else 1, lrs)
+    return min(stacked, runs * stacked_kernel_seconds(dim, width, bs, 1, 1))
+
+
+def kernel_floor(name: str, dim: int, c: int, width: int, folds: int, phases: list[tuple[int, int, int]],
+                 kern: dict) -> float:
+    """Seconds of a method's unavoidable kernels over the whole protocol (cached in ``kern``)."""
+    lockstep = ls.supports_lockstep(REGISTRY[name])
+    total = 0.0
+    for bs, runs, steps in phases:
+        if lockstep:
+            key = (name, dim, bs, runs)
+            measured_once(kern, key, lambda bs=bs, runs=runs: stacked_floor(dim, width, bs, runs, folds))
+            total += steps * kern[key]
+        else:
+            measured_once(kern, (name, dim, bs), lambda bs=bs: kernel_seconds(name, dim, c, bs))
+            total += runs * steps * kern[(name, dim, bs)]
+    return total

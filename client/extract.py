@@ -212,7 +212,7 @@ def _run_chunks(extractor, chunks: list[list[Path]], partial: Path, dev: torch.d
 
 
 def ensure_features(
-    site_dir: str | Path, fm: str, weights: str | Path | None, *, site: str | None = None, **options
+    site_dir: str | Path, fm: str, weights: str | Path | None, *, site: str | None = None, **options: object
 ) -> Path:
     """Return the store ``SITE_DIR/features``, extracting the (fm, site) entry on first use.
 

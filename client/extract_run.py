@@ -7,11 +7,15 @@ import logging
 from concurrent.futures import Executor
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from client.atomic import atomic_write
+
+if TYPE_CHECKING:
+    from client.extractors.base import Extractor
 
 
 def resolve_device(device: str) -> torch.device:
@@ -25,7 +29,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def encode_chunk(extractor, batch: torch.Tensor | None, ok: np.ndarray, device: torch.device,
+def encode_chunk(extractor: Extractor, batch: torch.Tensor | None, ok: np.ndarray, device: torch.device,
                  bf16: bool, channels_last: bool) -> np.ndarray:
     """Features of a chunk: (len(ok), dim) float32, NaN rows where an image was unreadable."""
     out = np.full((len(ok), extractor.dim), np.nan, dtype=np.float32)
@@ -61,7 +65,7 @@ def load_chunk(partial: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
         return data["features"], data["ok"]
 
 
-def _read(extractor, path: Path) -> torch.Tensor | None:
+def _read(extractor: Extractor, path: Path) -> torch.Tensor | None:
     """One preprocessed image, or None (logged) when the file is unreadable."""
     from PIL import Image
 
@@ -75,7 +79,8 @@ def _read(extractor, path: Path) -> torch.Tensor | None:
         return None
 
 
-def decode_chunk(extractor, paths: list[Path], readers: Executor) -> tuple[torch.Tensor | None, np.ndarray]:
+def decode_chunk(extractor: Extractor, paths: list[Path], readers: Executor
+                 ) -> tuple[torch.Tensor | None, np.ndarray]:
     """Read and preprocess a chunk's images in parallel: (stacked tensors or None, readable mask)."""
     tensors = list(readers.map(lambda p: _read(extractor, p), paths))
     ok = np.array([t is not None for t in tensors], dtype=bool)

@@ -7,6 +7,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    Task,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -16,7 +17,7 @@ from rich.text import Text
 class ImagesPerSecond(ProgressColumn):
     """Recent throughput of a task in images/s."""
 
-    def render(self, task) -> Text:
+    def render(self, task: Task) -> Text:
         """Text such as ``12.3 img/s``."""
         return Text(f"{task.speed or 0.0:.2f} img/s", style="progress.data.speed")
 

@@ -3,8 +3,9 @@
 `fit` is what pooled, Individual and the benchmarks call; `search` its CV grid (§3:
 batch {8, 16, 32} × lr {1e-3, 1e-4, 1e-5}, 3 patient-grouped folds). Methods that
 declare it train their grid in lockstep (`strategies.lockstep`) or a fold's learning
-rates stacked (`strategies.stacked`), the others one run per candidate and fold
-(`strategies.core.train`); all give the same table.
+rates stacked (`strategies.stacked`), and retrain on the same path; the others one run
+per candidate and fold (`strategies.core.train`). All give the same table and, up to
+float rounding, the same model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from strategies.base import Method, MethodConfig, get_method
 from strategies.core import ArrayData, HParams, make_spec, predict, train
 from strategies.folds import FastStratifiedGroupKFold
 from strategies.lockstep import cv_rows, supports_lockstep, train_model
-from strategies.stacked import cv_rows_stacked, supports_stacked
+from strategies.stacked import cv_rows_stacked, supports_stacked, train_one_stacked
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,9 @@ def fit(
     seed : int
         Seed of the whole fit.
     lockstep : bool, optional
-        Use the lockstep trainer for search and retrain (default: when the method can).
+        Use the lockstep trainer for search and retrain, or the stacked one (a single run
+        for the retrain), by default when the method can; ``False`` trains one run per
+        candidate, fold and the retrain on the per-config path.
 
     Returns
     -------
@@ -128,6 +131,8 @@ def fit(
     spec = make_spec(data, n_classes, n_domains, config.sensitive)
     if _use_lockstep(method, lockstep):
         return FitResult(train_model(method, data, spec, config, hp, seed), hp, cv)
+    if lockstep is not False and supports_stacked(get_method(method), config):
+        return FitResult(train_one_stacked(get_method(method), data, spec, config, hp, seed), hp, cv)
     return FitResult(train(method, data, spec, config, hp, seed), hp, cv)
 
 

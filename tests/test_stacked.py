@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from strategies import protocol
 from strategies.base import get_method
 from strategies.core import ArrayData, HParams, make_spec, train
-from strategies.protocol import search
+from strategies.protocol import fit, search
 from strategies.stacked import supports_stacked, train_stacked
 
 N_CLASSES, N_DOMAINS = 3, 4
@@ -77,3 +78,25 @@ def test_only_adam_configs_of_methods_with_a_stacked_step_train_stacked() -> Non
     assert supports_stacked(dann, dann.config_cls())
     assert not supports_stacked(dann, dann.config_cls(optimizer="sgd"))
     assert not supports_stacked(get_method("fades"), get_method("fades").config_cls())
+
+
+@pytest.mark.parametrize("method", list(SMALL))
+def test_the_retrain_runs_stacked_and_gives_the_per_config_model(method: str, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    data = _data(70, 12, 2)
+    config = get_method(method).config_cls(**SMALL[method], batch_size=8, lr=1e-3, epochs=3)
+    slow = fit(method, data, N_CLASSES, N_DOMAINS, config, do_search=False, seed=5, lockstep=False)
+
+    def per_config(*args: object) -> None:
+        raise AssertionError("the retrain took the per-config path")
+
+    monkeypatch.setattr(protocol, "train", per_config)
+    fast = fit(method, data, N_CLASSES, N_DOMAINS, config, do_search=False, seed=5)
+    assert fast.hparams == slow.hparams and not fast.model.training
+    assert vars(fast.model).get("lam") == vars(slow.model).get("lam")  # the last epoch's λ (DANN)
+    ref = slow.model.state_dict()
+    for k, v in fast.model.state_dict().items():
+        if k not in NOISE:
+            torch.testing.assert_close(v, ref[k], atol=2e-5, rtol=1e-4, msg=k)
+    x = torch.from_numpy(data.x)
+    torch.testing.assert_close(fast.model(x), slow.model(x), atol=2e-5, rtol=1e-4)

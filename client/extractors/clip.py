@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def load_clip(model_name: str, weights: str | Path | None, tiny: bool, fm: str, 
     return model
 
 
-def clip_transform(model: nn.Module):
+def clip_transform(model: nn.Module) -> tuple[Callable[[np.ndarray], torch.Tensor], tuple[int, int]]:
     """open_clip's eval preprocessing for ``model`` (from its ``preprocess_cfg``)."""
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     size = model.visual.image_size

@@ -9,6 +9,7 @@ only) has 2 layers, width 64.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from torch import nn
 
 from client.extractors import transforms as T  # noqa: N812
 from client.extractors.base import Extractor, WeightsError, register_extractor
+
+if TYPE_CHECKING:  # transformers is imported when a model is built
+    from transformers import Dinov2Config, PreTrainedModel
 
 EXPECTED = "a Hugging Face DINOv2 folder (config.json + model.safetensors)"
 PREPROCESSING = "dinov2-v1: shortest 256 bicubic, crop 224, 3ch, ImageNet mean/std"
@@ -35,7 +39,7 @@ class PooledHF(nn.Module):
         return (pooled if pooled is not None else out.last_hidden_state[:, 0]).flatten(1)
 
 
-def config(tiny: bool):
+def config(tiny: bool) -> Dinov2Config:
     """ViT-S/14 (or the tiny test variant) as a ``Dinov2Config``."""
     from transformers import Dinov2Config
 
@@ -46,7 +50,7 @@ def config(tiny: bool):
                         patch_size=14, image_size=518)
 
 
-def from_folder(auto_cls, folder: str | Path, fm: str, expected: str) -> nn.Module:
+def from_folder(auto_cls: type[PreTrainedModel], folder: str | Path, fm: str, expected: str) -> nn.Module:
     """``auto_cls.from_pretrained(folder, local_files_only=True)`` refusing partial loads."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
