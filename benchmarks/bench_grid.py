@@ -50,7 +50,7 @@ from sim.runner import write_synthetic_store
 from sim.sites import load_sites
 from strategies import lockstep as ls
 from strategies.base import get_method
-from strategies.core import concat, predict
+from strategies.core import ArrayData, concat, predict
 from strategies.protocol import cv_folds, fit
 from strategies.stacked import supports_stacked
 
@@ -171,42 +171,50 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic_store(tmp, load_sites(), [args.fm], args.scale, 0, show_progress=False)
         data, test_x, test_y, n_dom, site_sizes = load(tmp, args.fm, args.task)
+    out = {"bench": "grid", "fm": args.fm, "task": args.task, "n_train": len(data),
+           "gemm_gflops": gemm_gflops(), "repeats": args.repeats, "baseline_repeats": args.baseline_repeats}
+    lean: dict = {}
+    out |= unified_vs_baseline(data, (test_x, test_y), c, n_dom, out, lean)
+    folds = [len(tr) for tr, _ in cv_folds(data, 3, 0)]
+    upd: dict = {}
+    kern: dict = {}
+    measured = {"unified": out["lockstep_s"]} | {
+        m: timed(lambda m=m: fit(m, data, c, n_dom, get_method(m).config_cls()), 1)[0]
+        for m in paper["study"]["methods"] if m != "unified" and ls.supports_lockstep(get_method(m))}
+    out["methods"] = method_rows(paper["study"]["methods"], data, c, data.x.shape[1], out["gemm_gflops"],
+                                 lean, measured, folds, upd, kern)
+    k = {r["method"]: r["seconds"] / r["floor_s"] for r in out["methods"] if r["path"].startswith("lockstep")}
+    out["grid"] = grid_estimate(paper, site_sizes, len(data), c, k, lean, upd, out["gemm_gflops"], kern)
+    out["grid"] |= on_workers(out["grid"], c)
+    out["markdown"] = grid_markdown(out)
+    return emit(out, args.json)
+
+
+def unified_vs_baseline(data: ArrayData, test: tuple[np.ndarray, np.ndarray], c: int, n_dom: int, run: dict,
+                        lean: dict) -> dict:
+    """Unified's protocol, lockstep against the DataLoader baseline: times, floors, choices, test F1.
+
+    ``run`` supplies the repeats and the GEMM rate; ``lean`` caches the lean step times.
+    """
     config = get_method("unified").config_cls()
     folds = [len(tr) for tr, _ in cv_folds(data, 3, 0)]
-    gflops = gemm_gflops()
     # The first optimiser of a process imports torch's compiler stack: keep it out of the timings.
     fit("unified", data.take(np.arange(64)), c, n_dom, config, do_search=False)
     (ours_s, ours), (base_s, (best, _, base_model)), speedup = paired(
         lambda: fit("unified", data, c, n_dom, config),
         lambda: protocol(data, c, config.batch_sizes, config.lrs, config.search_epochs, config.epochs),
-        args.repeats, args.baseline_repeats)
+        run["repeats"], run["baseline_repeats"])
     with torch.inference_mode():
-        base_pred = base_model(torch.from_numpy(test_x)).argmax(1).numpy()
-    lean: dict = {}
+        base_pred = base_model(torch.from_numpy(test[0])).argmax(1).numpy()
     steps, floor_s = step_floor(config, folds, len(data), ours.hparams.batch_size, data.x.shape[1], c, lean)
-    flop_s = 6 * (data.x.shape[1] * c) * samples_seen(config, folds, len(data)) / (gflops * 1e9)
-    upd: dict = {}
-    kern: dict = {}
-    measured = {"unified": ours_s} | {
-        m: timed(lambda m=m: fit(m, data, c, n_dom, get_method(m).config_cls()), 1)[0]
-        for m in paper["study"]["methods"] if m != "unified" and ls.supports_lockstep(get_method(m))}
-    methods = method_rows(paper["study"]["methods"], data, c, data.x.shape[1], gflops, lean, measured, folds,
-                          upd, kern)
-    out = {"bench": "grid", "fm": args.fm, "task": args.task, "n_train": len(data), "gemm_gflops": gflops,
-           "baseline_s": base_s, "lockstep_s": ours_s, "speedup": speedup,
-           "sequential_steps": steps, "step_floor_s": floor_s, "ratio_to_floor": ours_s / floor_s,
-           "flop_s": flop_s, "baseline_choice": list(best),
-           "lockstep_choice": [ours.hparams.batch_size, ours.hparams.lr],
-           "baseline_f1": f1_score(test_y, base_pred, average="macro"),
-           "lockstep_f1": f1_score(test_y, predict(ours.model, test_x), average="macro"),
-           "methods": methods, "repeats": args.repeats, "baseline_repeats": args.baseline_repeats}
-    k = {r["method"]: r["seconds"] / r["floor_s"] for r in methods if r["path"].startswith("lockstep")}
-    out["equal_work_baseline_s"] = equal_work(data, c, config.epochs, best,
-                                              (ours.hparams.batch_size, ours.hparams.lr), base_s)
-    out["grid"] = grid_estimate(paper, site_sizes, len(data), c, k, lean, upd, gflops, kern)
-    out["grid"] |= on_workers(out["grid"], c)
-    out["markdown"] = grid_markdown(out)
-    return emit(out, args.json)
+    choice = (ours.hparams.batch_size, ours.hparams.lr)
+    flop_s = 6 * (data.x.shape[1] * c) * samples_seen(config, folds, len(data)) / (run["gemm_gflops"] * 1e9)
+    return {"baseline_s": base_s, "lockstep_s": ours_s, "speedup": speedup,
+            "sequential_steps": steps, "step_floor_s": floor_s, "ratio_to_floor": ours_s / floor_s,
+            "flop_s": flop_s, "baseline_choice": list(best), "lockstep_choice": list(choice),
+            "baseline_f1": f1_score(test[1], base_pred, average="macro"),
+            "lockstep_f1": f1_score(test[1], predict(ours.model, test[0]), average="macro"),
+            "equal_work_baseline_s": equal_work(data, c, config.epochs, best, choice, base_s)}
 
 
 def grid_estimate(paper: dict, site_sizes: list[int], n: int, c: int, k: dict[str, float], lean: dict,

@@ -25,8 +25,12 @@ def _equal_work_row(r: dict) -> list[str]:
 
 def grid_markdown(r: dict) -> str:
     """A complete BENCHMARKS.md section from `bench_grid.main`'s results."""
-    g = r["grid"]
-    head = [
+    return "\n".join(_probe_part(r) + _methods_part(r) + _grid_part(r["grid"])) + "\n"
+
+
+def _probe_part(r: dict) -> list[str]:
+    """Unified's lockstep protocol against the DataLoader baseline, and the two paths' choices."""
+    return [
         "## Pooled grid: lockstep search against a DataLoader baseline (`bench_grid.py`)", "",
         f"{r['fm']} profile, {r['task']}, {r['n_train']:,} training scans (Table-2 scale, synthetic "
         "store); the paper's search (batch {8, 16, 32} × lr {1e-3, 1e-4, 1e-5} × 3 folds × 20 epochs) "
@@ -47,6 +51,12 @@ def grid_markdown(r: dict) -> str:
         f"Agreement: baseline chose batch {r['baseline_choice'][0]}, lr {r['baseline_choice'][1]:g} "
         f"(test macro-F1 {r['baseline_f1']:.3f}); lockstep chose batch {r['lockstep_choice'][0]}, "
         f"lr {r['lockstep_choice'][1]:g} (test macro-F1 {r['lockstep_f1']:.3f}).", "",
+    ]
+
+
+def _methods_part(r: dict) -> list[str]:
+    """Every method's protocol time against its bound on this FM × task."""
+    return [
         "Every paper.toml method on this FM × task. Bound = max(FLOP time: 6 × weight "
         "matrices × samples seen / GEMM rate; step floor: lockstep steps × lean update of the "
         "method's linear map; kernel floor: every run's steps × the "
@@ -64,8 +74,13 @@ def grid_markdown(r: dict) -> str:
         "methods (`strategies.stacked`): each search phase's fold × steps × one step of its "
         "three learning rates stacked, plus the retrain's steps × one stacked run's step, "
         "measured here. Every step time is the median of 3 measurements.", "",
+        *_method_table(r["methods"]),
     ]
-    tail = ["", f"Whole `paper.toml` grid (5 FMs × 2 tasks × Individual + all methods), estimated "
+
+
+def _grid_part(g: dict) -> list[str]:
+    """The whole paper.toml grid's estimate, on one process, on workers and at its bound."""
+    return ["", f"Whole `paper.toml` grid (5 FMs × 2 tasks × Individual + all methods), estimated "
             f"from the figures above: **{g['total_min']:.0f} minutes** on one process — "
             f"{g['lockstep']:.1f} min in lockstep rows (Individual, Unified, GroupDRO, MOE), "
             f"{g['stacked']:.0f} min in DANN and FairDisCO (search stacked by learning rate, "
@@ -79,4 +94,3 @@ def grid_markdown(r: dict) -> str:
             f"{g['bound_min'] / 2:.0f} on two with perfect scaling — the least this machine allows "
             f"for the protocol as specified; the estimate above is {g['total_min'] / g['bound_min']:.1f}× "
             "that."]
-    return "\n".join(head + _method_table(r["methods"]) + tail) + "\n"
