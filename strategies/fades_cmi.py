@@ -7,6 +7,7 @@ all :math:`N^2` pairs :math:`[z_a^{(i)}, z_r^{(j)}]`, with gradients to the late
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
@@ -78,13 +79,6 @@ def frozen_pair_probs(head: nn.Sequential, z_a: Tensor, z_r: Tensor) -> Tensor:
     return hidden.softmax(-1)
 
 
-def _entropy_grad(q: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    r"""`entropy` over the first axis of ``q`` and its gradient :math:`-\log(q+\epsilon) - q/(q+\epsilon)`."""
-    shifted = q + eps
-    log = shifted.log()
-    return -(q * log).sum(0), (q / shifted).add_(log).neg_()
-
-
 def pair_cmi_grad(head: list[nn.Linear], z_a: Tensor, z_r: Tensor, s: Tensor, beta: float = 0.5,
                   eps: float = 1e-7) -> tuple[Tensor, Tensor, Tensor]:
     r"""`conditional_mutual_information` of `frozen_pair_probs` and its gradients, by hand.
@@ -101,9 +95,10 @@ def pair_cmi_grad(head: list[nn.Linear], z_a: Tensor, z_r: Tensor, s: Tensor, be
 
     followed by the softmax, the second linear layer, the LeakyReLU and the split first
     layer (`frozen_pair_probs`), summed over the pair axis each latent varies along.
-    The class axis comes first, ``(K, N, N)``: torch's CPU softmax over a last axis of
-    4–8 classes costs ~0.15 ms for N² = 1024 pairs, ten times its arithmetic, and
-    the (K, N²) logits are one well-shaped product.
+    Everything past the first layer's two (N, h) halves runs in one compiled kernel
+    (`strategies._fades_kernels`) that never holds the (N², h) activations: at batch 32
+    it took a FADES update from 5.3 to 4.5 ms against some forty torch calls over 1 MiB
+    tensors. Float32 tensors on the CPU (`strategies.fades_update`'s path).
 
     Parameters
     ----------
@@ -121,23 +116,16 @@ def pair_cmi_grad(head: list[nn.Linear], z_a: Tensor, z_r: Tensor, s: Tensor, be
     tuple of Tensor
         The scalar estimate, dÎ/dz_a and dÎ/dz_r.
     """
-    first, second = head
-    n, d_a = z_a.shape
-    w_a, w_r = first.weight[:, :d_a], first.weight[:, d_a:]
-    act = torch.addmm(first.bias, z_a, w_a.T)[:, None, :] + (z_r @ w_r.T)[None, :, :]
-    F.leaky_relu(act, LEAK, inplace=True)  # its sign is the pre-activation's: enough for the backward
-    pairs = act.view(n * n, -1)
-    logits = torch.addmm(second.bias[:, None], second.weight, pairs.T)
-    probs = logits.sub_(logits.max(0).values).exp_()
-    probs = probs.div_(probs.sum(0)).view(-1, n, n)
-    same = (s[:, None] == s[None, :]).to(probs.dtype)
-    count = same.sum(0)
-    h_m, g_m = _entropy_grad(probs.mean(1), eps)
-    h_c, g_c = _entropy_grad((probs * same).sum(1) / count, eps)
-    value = (1.0 - beta) * h_m.mean() - h_c.mean()
-    d_probs = (same * (g_c / (-n * count))[:, None, :]).add_(g_m[:, None, :] * ((1.0 - beta) / n**2))
-    d_logits = d_probs.sub_((d_probs * probs).sum(0)).mul_(probs).view(-1, n * n)
-    d_act = torch.mm(d_logits.T, second.weight)
-    torch.ops.aten.leaky_relu_backward.grad_input(d_act, pairs, LEAK, True, grad_input=d_act)
-    d_act = d_act.view(n, n, -1)
-    return value, d_act.sum(1) @ w_a, d_act.sum(0) @ w_r
+    # Imported here: numba costs a process ~0.15 s to import, and only FADES needs this kernel.
+    from strategies._fades_kernels import pair_cmi_step
+
+    (w1, b1), (w2, b2) = ((layer.weight.detach(), layer.bias.detach()) for layer in head)
+    d_a = z_a.shape[1]
+    w_a, w_r = w1[:, :d_a], w1[:, d_a:]
+    # The first layer splits over the pair: W[z_a; z_r] + b = (W_a z_a + b) + W_r z_r.
+    a, r = torch.addmm(b1, z_a.detach(), w_a.T), z_r.detach() @ w_r.T
+    g_a, g_r = torch.empty_like(a), torch.empty_like(r)
+    codes = np.ascontiguousarray(s.numpy(), dtype=np.int64)
+    value = pair_cmi_step(a.numpy(), r.numpy(), w2.numpy(), b2.numpy(), codes, beta, eps, LEAK, g_a.numpy(),
+                          g_r.numpy())
+    return torch.tensor(value, dtype=a.dtype), g_a @ w_a, g_r @ w_r
