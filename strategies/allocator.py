@@ -19,9 +19,9 @@ def retain_freed_memory() -> bool:
     glibc maps blocks from 128 KiB up afresh and trims the heap's free top, so every step
     faults those pages in again: FADES' update (with 1 MiB pair-grid tensors, before its
     compiled CMI kernel) took some 300–900 page faults and about 15 % of its time in
-    them. Blocks up to 32 MiB (glibc's maximum)
-    then come from the heap, which keeps up to 256 MiB of free top; the cost is that much
-    more resident memory at most. Idempotent; False (and nothing changed) off glibc.
+    them. Blocks up to 32 MiB (glibc's maximum) then come from the heap, which keeps up
+    to 256 MiB of free top; the cost is that much more resident memory at most.
+    Idempotent; False (and nothing changed) off glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
