@@ -42,11 +42,11 @@ from sim.simulate import run_federated_experiment, settings_for
 from sim.sites import load_sites
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "paper.toml"
-#: Which measured FM stands for each paper FM (by feature width).
 #: (1-round, 4-round) pairs per method and FM: one pair's marginal round moves by ±0.1 s.
 REPEATS = 3
 #: Rounds of the longer run of a pair.
 LONG = 4
+#: Which measured FM stands for each paper FM (by feature width).
 PROXY = {"mammoclip": "mammoclip", "gloria": "mammoclip", "medclip": "medclip", "clip": "medclip",
          "dinov2": "medclip"}
 

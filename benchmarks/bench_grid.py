@@ -100,9 +100,9 @@ def step_floor(config: object, fold_sizes: list[int], n: int, bs_retrain: int, d
                lean: dict) -> tuple[int, float]:
     """Sequential steps of the lockstep protocol and their floor in seconds."""
     phases = protocol_phases(config, fold_sizes, n, bs_retrain)
-    for bs, _, _ in phases:
-        measured_once(lean, (dim, c, bs), lambda bs=bs: lean_step_seconds(dim, c, bs))
-    return sum(s for _, _, s in phases), sum(s * lean[(dim, c, bs)] for bs, _, s in phases)
+    floor = sum(s * measured_once(lean, (dim, c, bs), lambda bs=bs: lean_step_seconds(dim, c, bs))
+                for bs, _, s in phases)
+    return sum(s for _, _, s in phases), floor
 
 
 def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: float, lean: dict,
@@ -127,9 +127,9 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
         elif supports_stacked(cls, config):
             est, path = stacked_estimate(name, dim, c, config, phases, upd), "stacked (estimated)"
         else:
-            for bs, _, _ in phases:
-                measured_once(upd, (name, dim, bs), lambda bs=bs, name=name: update_seconds(name, dim, c, bs))
-            est = sum(r * s * upd[(name, dim, bs)] for bs, r, s in phases)
+            est = sum(r * s * measured_once(upd, (name, dim, bs),
+                                            lambda bs=bs, name=name: update_seconds(name, dim, c, bs))
+                      for bs, r, s in phases)
             path = "per-config (estimated)"
         kernel_s = 0.0
         if kern is not None:

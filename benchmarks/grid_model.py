@@ -251,8 +251,9 @@ def stacked_estimate(name: str, dim: int, c: int, config: object, phases: list[t
     total = 0.0
     *search, (bs_r, _, steps_r) = phases
     for bs, runs, steps in search:
-        measured_once(upd, ("stacked", name, dim, bs), lambda bs=bs: stacked_step_seconds(name, dim, c, bs))
-        total += runs / len(config.lrs) * steps * upd[("stacked", name, dim, bs)]
+        step = measured_once(upd, ("stacked", name, dim, bs),
+                             lambda bs=bs: stacked_step_seconds(name, dim, c, bs))
+        total += runs / len(config.lrs) * steps * step
     key = ("stacked-1", name, dim, bs_r)
     return total + steps_r * measured_once(upd, key, lambda: stacked_step_seconds(name, dim, c, bs_r, runs=1))
 
@@ -275,10 +276,10 @@ def kernel_floor(name: str, dim: int, c: int, width: int, folds: int, phases: li
     total = 0.0
     for bs, runs, steps in phases:
         if lockstep:
-            key = (name, dim, bs, runs)
-            measured_once(kern, key, lambda bs=bs, runs=runs: stacked_floor(dim, width, bs, runs, folds))
-            total += steps * kern[key]
+            step = measured_once(kern, (name, dim, bs, runs),
+                                 lambda bs=bs, runs=runs: stacked_floor(dim, width, bs, runs, folds))
+            total += steps * step
         else:
-            measured_once(kern, (name, dim, bs), lambda bs=bs: kernel_seconds(name, dim, c, bs))
-            total += runs * steps * kern[(name, dim, bs)]
+            step = measured_once(kern, (name, dim, bs), lambda bs=bs: kernel_seconds(name, dim, c, bs))
+            total += runs * steps * step
     return total

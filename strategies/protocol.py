@@ -131,8 +131,9 @@ def fit(
     spec = make_spec(data, n_classes, n_domains, config.sensitive)
     if _use_lockstep(method, lockstep):
         return FitResult(train_model(method, data, spec, config, hp, seed), hp, cv)
-    if lockstep is not False and supports_stacked(get_method(method), config):
-        return FitResult(train_one_stacked(get_method(method), data, spec, config, hp, seed), hp, cv)
+    cls = get_method(method)
+    if lockstep is not False and supports_stacked(cls, config):
+        return FitResult(train_one_stacked(cls, data, spec, config, hp, seed), hp, cv)
     return FitResult(train(method, data, spec, config, hp, seed), hp, cv)
 
 
