@@ -5,7 +5,9 @@ step by step to float round-off, same random draws in the same order): the main 
 on encoder, decoder and heads, then the TC discriminator's. At batch 32 autograd's
 graph over some 40 small layers and fresh gradient tensors cost about as much as the
 arithmetic. The fairness term (the heads on all :math:`N^2` latent pairs) has its own
-hand-written gradient, `strategies.fades_cmi.pair_cmi_grad`.
+hand-written gradient, `strategies.fades_cmi.pair_cmi_grad`. The GEMMs stay torch's;
+the losses and the latent's bookkeeping between them are compiled kernels
+(`strategies._fades_kernels`), each working in place on a tensor it owns.
 
 Every MLP here is Linear, LeakyReLU(`LEAK`), ..., Linear, so one forward that keeps each
 layer's input and pre-activation, and one backward over them, serve them all.
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
-from strategies.base import Batch, linear_grads, optimizer_step, softmax_cross_entropy
+from strategies.base import Batch, linear_grads, optimizer_step
 from strategies.fades_cmi import LEAK, pair_cmi_grad
 
 if TYPE_CHECKING:
@@ -39,6 +42,17 @@ def permute_blocks(blocks: list[Tensor]) -> Tensor:
 def linears(mlp: nn.Module) -> list[nn.Linear]:
     """The Linear layers of an MLP, in order (a LeakyReLU(`LEAK`) between consecutive ones)."""
     return [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+
+
+def model_linears(model: Fades) -> dict[str, list[nn.Linear]]:
+    """Each of the model's MLPs' `linears`, by name, found once per model.
+
+    Walking the modules takes about 0.1 ms, paid at every one of a run's ~10⁴ steps before.
+    """
+    nets = model.__dict__.get("_linears")
+    if nets is None:
+        nets = model.__dict__["_linears"] = {name: linears(getattr(model, name)) for name in _NETS}
+    return nets
 
 
 def mlp_forward(layers: list[nn.Linear], x: Tensor) -> Trace:
@@ -94,7 +108,7 @@ def manual_update(model: Fades, batch: Batch) -> dict[str, float]:
     dict of str to float
         As `Fades.update`: ``loss``, every term of `Fades.terms`, and ``disc``.
     """
-    nets = {name: linears(getattr(model, name)) for name in _NETS}  # once per step, not per use
+    nets = model_linears(model)
     with torch.no_grad():
         terms, (d_enc, enc), tc = _main_gradients(model, nets, batch)
         mlp_backward(nets["encoder"], d_enc, enc, d_input=False)
@@ -114,59 +128,60 @@ def _main_gradients(
     Returns the terms, dL/d(encoder output) with the encoder's trace, and the
     discriminator's trace on the real rows.
     """
+    # Imported here: numba costs a process ~0.15 s to import, and only FADES needs these kernels.
+    from strategies import _fades_kernels as kernels
+
     c, x, n = model.config, batch.x, batch.x.shape[0]
     enc = mlp_forward(nets["encoder"], x)
-    mu, logvar = enc[0].chunk(2, dim=-1)
-    std = (0.5 * logvar).exp()
-    eps = torch.randn_like(mu)  # the draw `Fades.encode` makes, in the same order
-    z = mu + eps * std
+    eps = torch.randn(n, enc[0].shape[1] // 2)  # the draw `Fades.encode` makes, in the same order
+    z = torch.empty_like(eps)
+    kl = kernels.reparameterise(enc[0].numpy(), eps.numpy(), z.numpy())
     _, z_y, z_s, z_r = z.chunk(4, dim=-1)
     dec = mlp_forward(nets["decoder"], z)
-    diff = dec[0] - x
-    known = (batch.group >= 0).to(x.dtype)
+    diff = dec[0].sub_(x)  # the decoder's output is not needed past its residual
     head_y = mlp_forward(nets["head_y"], torch.cat([z_y, z_r], dim=-1))
     head_s = mlp_forward(nets["head_s"], torch.cat([z_s, z_r], dim=-1))
     tc = mlp_forward(nets["discriminator"], torch.cat([z_y, z_r, z_s], dim=-1))
-    wce, d_y = softmax_cross_entropy(head_y[0], batch.y, model.class_weights[batch.y] / n)
-    ce_s, d_s = softmax_cross_entropy(head_s[0], batch.group.clamp(min=0), known / known.sum().clamp(min=1))
-    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
-    terms = {"recon": diff.abs().sum() / n, "kl": kl, "wce_y": wce, "ce_s": ce_s, "tc": tc[0].mean()}
-    d_z = mlp_backward(nets["decoder"], diff.sign_().div_(n), dec)
-    d_yr = mlp_backward(nets["head_y"], d_y.mul_(c.lambda_cls), head_y)
-    d_sr = mlp_backward(nets["head_s"], d_s.mul_(c.lambda_cls * c.alpha), head_s)
-    if not bool(known.any()):  # autograd's CE(s) is then a constant: the head gets no gradient
+    groups = batch.group.numpy()
+    # Each logits tensor becomes its (weighted) gradient in place: only the traces' inputs live on.
+    wce = kernels.softmax_ce_(head_y[0].numpy(), batch.y.numpy(), model.class_weights.numpy(),
+                              c.lambda_cls)
+    ce_s = kernels.softmax_ce_(head_s[0].numpy(), groups, np.ones(head_s[0].shape[1], np.float32),
+                       c.lambda_cls * c.alpha)
+    recon = kernels.l1_sign_(diff.numpy(), 1.0 / n) / n  # diff becomes d(recon)/d(output)
+    terms = {name: torch.tensor(v, dtype=x.dtype) for name, v in
+             (("recon", recon), ("kl", kl), ("wce_y", wce), ("ce_s", ce_s))} | {"tc": tc[0].mean()}
+    d_z = mlp_backward(nets["decoder"], diff, dec)
+    d_yr = mlp_backward(nets["head_y"], head_y[0], head_y)
+    d_sr = mlp_backward(nets["head_s"], head_s[0], head_s)
+    if not (groups >= 0).any():  # autograd's CE(s) is then a constant: the head gets no gradient
         for p in model.head_s.parameters():
             p.grad = None
     d_tc = mlp_backward(nets["discriminator"], torch.full_like(tc[0], c.lambda_tc / n), tc,
                         weights=False)
-    k = c.latent_dim
-    d_z[:, k:2 * k] += d_yr[:, :k] + d_tc[:, :k]
-    d_z[:, 2 * k:3 * k] += d_sr[:, :k] + d_tc[:, 2 * k:]
-    d_z[:, 3 * k:] += d_yr[:, k:] + d_sr[:, k:] + d_tc[:, k:2 * k]
+    kernels.add_head_grads_(d_z.numpy(), d_yr.numpy(), d_sr.numpy(), d_tc.numpy())
     if model.fair_on:
-        d_z += _fairness_gradient(model, nets, z, batch, terms)
-    d_mu = d_z + mu / n
-    d_logvar = d_z.mul_(eps * std).mul_(0.5).add_(logvar.exp().sub_(1.0).mul_(0.5 / n))
-    return terms, (torch.cat([d_mu, d_logvar], dim=-1), enc), tc
+        _add_fairness_gradient(model, nets, z, batch, terms, d_z)
+    d_enc = torch.empty_like(enc[0])
+    kernels.reparameterise_back(enc[0].numpy(), eps.numpy(), d_z.numpy(), d_enc.numpy())
+    return terms, (d_enc, enc), tc
 
 
-def _fairness_gradient(model: Fades, nets: dict[str, list[nn.Linear]], z: Tensor, batch: Batch,
-                       terms: dict[str, Tensor]) -> Tensor:
-    """λ_fair · d(fair)/dz of `Fades.fairness` by `pair_cmi_grad`; adds ``fair`` to ``terms``."""
-    keep = batch.group >= 0
-    grad = torch.zeros_like(z)
-    if not bool(keep.any()):
+def _add_fairness_gradient(model: Fades, nets: dict[str, list[nn.Linear]], z: Tensor, batch: Batch,
+                           terms: dict[str, Tensor], d_z: Tensor) -> None:
+    """Add λ_fair · d(fair)/dz of `Fades.fairness` (`pair_cmi_grad`) to ``d_z``; ``fair`` to ``terms``."""
+    known = batch.group.numpy() >= 0
+    if not known.any():
         terms["fair"] = z.new_zeros(())
-        return grad
-    rows = slice(None) if bool(keep.all()) else keep
+        return
+    rows = slice(None) if known.all() else torch.from_numpy(known)
     _, z_y, z_s, z_r = z[rows].chunk(4, dim=-1)
     beta = model.config.beta
     cmi_y, d_y, d_ry = pair_cmi_grad(nets["head_y"], z_y, z_r, batch.group[rows], beta)
     cmi_s, d_s, d_rs = pair_cmi_grad(nets["head_s"], z_s, z_r, batch.y[rows], beta)
     terms["fair"] = 0.5 * (cmi_y + cmi_s)
     k, scale = z_y.shape[1], 0.5 * model.config.lambda_fair
-    grad[rows, k:] = torch.cat([d_y, d_s, d_ry.add_(d_rs)], dim=-1).mul_(scale)
-    return grad
+    d_z[rows, k:] += torch.cat([d_y, d_s, d_ry.add_(d_rs)], dim=-1).mul_(scale)
 
 
 def _discriminator_gradients(layers: list[nn.Linear], real: Trace) -> Tensor:
@@ -174,10 +189,11 @@ def _discriminator_gradients(layers: list[nn.Linear], real: Trace) -> Tensor:
 
     The real rows' trace is the main pass's: the main step does not move D. Returns the loss.
     """
+    from strategies import _fades_kernels as kernels
+
     z_y, z_r, z_s = real[1][0].chunk(3, dim=-1)
     fake = mlp_forward(layers, permute_blocks([z_y, z_r, z_s]))
-    n = real[0].shape[0]
-    loss = 0.5 * (F.softplus(-real[0]).mean() + F.softplus(fake[0]).mean())
-    d_out = torch.cat([torch.sigmoid(real[0]).sub_(1.0), torch.sigmoid(fake[0])]).mul_(0.5 / n)
+    d_out = torch.empty(2 * real[0].shape[0], 1)
+    loss = kernels.discriminator_bce(real[0].numpy(), fake[0].numpy(), d_out.numpy())
     mlp_backward(layers, d_out, _cat((real, fake)), d_input=False)
-    return loss
+    return torch.tensor(loss)

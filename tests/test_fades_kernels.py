@@ -1,0 +1,74 @@
+"""The compiled pieces of FADES' hand-written update against independent oracles.
+
+`tests/test_fades.py` checks the whole update against autograd step by step; these pin
+each kernel on its own, at edge cases a training batch rarely reaches (unknown targets,
+saturated logits, exact zeros).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.special import log_softmax
+from torch.distributions import Normal, kl_divergence
+from torch.nn import functional as F  # noqa: N812
+
+from strategies._fades_kernels import discriminator_bce, l1_sign_, reparameterise, softmax_ce_
+
+RNG = np.random.default_rng(0)
+
+
+def test_softmax_ce_matches_scipy_and_skips_unknown_targets() -> None:
+    z = RNG.standard_normal((9, 4)).astype(np.float32) * 3
+    target = np.array([0, 3, -1, 2, 1, -1, 0, 3, 2])
+    weight = np.array([0.5, 1.0, 2.0, 4.0], np.float32)
+    known = target >= 0
+    log_p = log_softmax(z.astype(np.float64), axis=1)
+    rows = np.flatnonzero(known)
+    want = -(weight[target[rows]] * log_p[rows, target[rows]]).sum() / known.sum()
+    grad = z.copy()
+    got = softmax_ce_(grad, target, weight, 3.0)
+    assert abs(got - want) < 1e-5 * want
+    t = np.clip(target, 0, None)
+    row = 3.0 * weight[t] * known / known.sum()
+    want_grad = row[:, None] * (np.exp(log_p) - np.eye(4)[t])
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_ce_without_known_rows_is_zero_with_zero_gradient() -> None:
+    z = RNG.standard_normal((4, 3)).astype(np.float32)
+    assert softmax_ce_(z, np.full(4, -1), np.ones(3, np.float32), 1.0) == 0.0
+    assert not z.any()
+
+
+def test_discriminator_bce_matches_torch_even_when_saturated() -> None:
+    real = np.array([[0.3], [-2.0], [60.0], [-80.0]], np.float32)
+    fake = np.array([[1.5], [-0.1], [-70.0], [90.0]], np.float32)
+    logits = torch.tensor(np.concatenate([real, fake]), requires_grad=True)
+    r, f = logits.split(4)
+    want = 0.5 * (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                  + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
+    want.backward()
+    grad = np.empty((8, 1), np.float32)
+    got = discriminator_bce(real, fake, grad)
+    assert abs(got - want.item()) < 1e-5 * want.item()
+    np.testing.assert_allclose(grad, logits.grad.numpy(), rtol=1e-5, atol=1e-8)
+
+
+def test_l1_sign_sums_magnitudes_and_leaves_zero_at_zero() -> None:
+    x = RNG.standard_normal((5, 7)).astype(np.float32)
+    x[1, 2] = x[3, 0] = 0.0
+    want_sum, want_grad = np.abs(x.astype(np.float64)).sum(), 0.25 * np.sign(x)
+    assert abs(l1_sign_(x, 0.25) - want_sum) < 1e-9 * want_sum
+    np.testing.assert_array_equal(x, want_grad.astype(np.float32))
+
+
+def test_reparameterise_kl_matches_torch_distributions() -> None:
+    mu, logvar = (RNG.standard_normal((6, 8)).astype(np.float32) for _ in range(2))
+    eps = RNG.standard_normal((6, 8)).astype(np.float32)
+    z = np.empty_like(mu)
+    got = reparameterise(np.concatenate([mu, logvar], axis=1), eps, z)
+    std = torch.from_numpy(logvar).mul(0.5).exp()
+    want = kl_divergence(Normal(torch.from_numpy(mu), std), Normal(0.0, 1.0)).sum(-1).mean()
+    assert abs(got - float(want)) < 1e-5 * float(want)
+    np.testing.assert_allclose(z, mu + eps * std.numpy(), rtol=1e-6, atol=1e-6)
