@@ -95,6 +95,27 @@ def check_estimate(exp: Experiment, root: Path, per: dict, factors: tuple[float,
             "check_measured_s": time.perf_counter() - t0}
 
 
+def grid_figures(paper: dict, methods: list[str], per: dict, rounds: int, steps: int,
+                 parallel: tuple[float, float, int], batch: int) -> dict:
+    """The whole grid's serial and 2-worker minutes and its bound, from the per-method rounds.
+
+    ``per`` holds each (proxy FM, method)'s fixed and per-round seconds; ``parallel`` is
+    (slowdown beside another worker, worker start-up seconds, workers).
+    """
+    slowdown, startup, workers = parallel
+    fms, tasks = paper["study"]["fms"], len(paper["study"]["tasks"])
+    bound = sum(rounds * steps * kernel_seconds(m, DIMS[fm], 4, batch) for fm in fms for m in methods) * tasks
+    cost = {(fm, m): per[PROXY[fm], m]["fixed_s"] + rounds * per[PROXY[fm], m]["round_s"]
+            for fm in fms for m in methods}
+    each = [cost[fm, m] for fm in fms for _ in range(tasks) for m in methods]
+    runs = {m: sum(t for (_, mm), t in cost.items() if mm == m) * tasks for m in methods}
+    total = sum(each)
+    wall = startup + makespan([t * slowdown for t in each], workers)
+    return {"grid_by_method_s": runs, "grid_serial_min": total / 60, "workers": workers,
+            "slowdown": slowdown, "worker_startup_s": startup, "parallel_speedup": total / wall,
+            "grid_parallel_min": wall / 60, "steps_per_round": steps, "grid_bound_min": bound / 60}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results with a ``markdown`` section."""
     parser = argparse.ArgumentParser()
@@ -123,21 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
         slowdown, startup = parallel_slowdown(warm_seconds, job, workers)
         steps = round_steps(root / "store", exp.federated.local_epochs, exp.federated.batch_size)
         check = check_estimate(exp, root, per, (slowdown, startup), workers)
-    bound = sum(args.rounds * steps * kernel_seconds(m, DIMS[fm], 4, exp.federated.batch_size)
-                for fm in paper["study"]["fms"] for m in methods) * len(paper["study"]["tasks"])
-    cost = {(fm, m): per[PROXY[fm], m]["fixed_s"] + args.rounds * per[PROXY[fm], m]["round_s"]
-            for fm in paper["study"]["fms"] for m in methods}
-    each = [cost[fm, m] for fm in paper["study"]["fms"] for _ in paper["study"]["tasks"] for m in methods]
-    tasks = len(paper["study"]["tasks"])
-    runs = {m: sum(t for (_, mm), t in cost.items() if mm == m) * tasks for m in methods}
-    total = sum(each)
-    wall = startup + makespan([t * slowdown for t in each], workers)
     out = {"bench": "fedgrid", "rounds": args.rounds, "local_epochs": exp.federated.local_epochs,
-           "per_method": {f"{fm}/{m}": v for (fm, m), v in per.items()}, "grid_by_method_s": runs,
-           "grid_serial_min": total / 60, "workers": workers, "slowdown": slowdown,
-           "worker_startup_s": startup,
-           "parallel_speedup": total / wall, "grid_parallel_min": wall / 60,
-           "steps_per_round": steps, "grid_bound_min": bound / 60} | check
+           "per_method": {f"{fm}/{m}": v for (fm, m), v in per.items()}}
+    out |= grid_figures(paper, methods, per, args.rounds, steps, (slowdown, startup, workers),
+                        exp.federated.batch_size) | check
     out["markdown"] = markdown(out, methods)
     return emit(out, args.json)
 

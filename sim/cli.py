@@ -40,6 +40,23 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--scale", type=float, default=1.0, help="fraction of Table 2's counts")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--sites", type=Path, default=DEFAULT_SITES, help="site table (TOML)")
+    _add_run_parsers(sub)
+    cmp_ = sub.add_parser("compare", help="federated vs pooled, per method × FM × task")
+    cmp_.add_argument("--pooled", required=True, type=Path)
+    cmp_.add_argument("--federated", required=True, type=Path)
+    cmp_.add_argument("--out", required=True, type=Path)
+    report = sub.add_parser("report", help="report.md with figures and CSV tables from a results folder")
+    report.add_argument("results", type=Path, help="demo-style folder (pooled/, federated/) or a run folder")
+    report.add_argument("--out", type=Path, help="report folder (default RESULTS/report)")
+    prepare_cli.add_parser(sub)
+    demo = sub.add_parser("demo", help="quick experiment pooled and federated, compare, report")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"))
+    _add_extract_parser(sub)
+    return parser
+
+
+def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``pooled`` and ``simulate`` commands: an experiment TOML run into a results folder."""
     pooled = sub.add_parser("pooled", help="run a pooled experiment (Individual, Unified, ...)")
     pooled.add_argument("--config", required=True, type=Path, help="experiment TOML")
     pooled.add_argument("--out", required=True, type=Path, help="results folder")
@@ -57,16 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     sim_.add_argument("--ray-address", help="existing Ray cluster to attach to (HOST:PORT; implies ray)")
     sim_.add_argument("--jobs", type=int, default=1, metavar="N",
                       help="in-process runs on N processes (0: every core; default 1)")
-    cmp_ = sub.add_parser("compare", help="federated vs pooled, per method × FM × task")
-    cmp_.add_argument("--pooled", required=True, type=Path)
-    cmp_.add_argument("--federated", required=True, type=Path)
-    cmp_.add_argument("--out", required=True, type=Path)
-    report = sub.add_parser("report", help="report.md with figures and CSV tables from a results folder")
-    report.add_argument("results", type=Path, help="demo-style folder (pooled/, federated/) or a run folder")
-    report.add_argument("--out", type=Path, help="report folder (default RESULTS/report)")
-    prepare_cli.add_parser(sub)
-    demo = sub.add_parser("demo", help="quick experiment pooled and federated, compare, report")
-    demo.add_argument("--out", type=Path, default=Path("demo-out"))
+
+
+def _add_extract_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``extract`` command: a prepared site's images through an FM into a feature store."""
     ext = sub.add_parser("extract", help="extract a prepared site's FM features into a store (resumable)")
     ext.add_argument("--manifest", required=True, type=Path, help="SITE_DIR/manifest.parquet (from prepare)")
     ext.add_argument("--fm", required=True, help="mammoclip|medclip|gloria|clip|dinov2, or a name + --arch")
@@ -78,7 +89,6 @@ def _parser() -> argparse.ArgumentParser:
     ext.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     ext.add_argument("--tiny", action="store_true", help="test-size architecture (tests and demos only)")
     ext.add_argument("--arch", help="'hf' or 'open_clip:<model>' for an FM that is not built in")
-    return parser
 
 
 def _experiment(args: argparse.Namespace) -> Experiment:
