@@ -68,7 +68,7 @@ from strategies.base import (
     softmax_cross_entropy,
     weighted_cross_entropy,
 )
-from strategies.fairdisco_grads import batch_norm_train, supcon_sim_grad
+from strategies.fairdisco_grads import batch_norm_train, supcon_grad
 from strategies.fairdisco_stacked import stacked_update
 
 
@@ -282,11 +282,7 @@ class FairDisCo(Method):
         xhat, inv = batch_norm_train(bn, a1)
         r = torch.addcmul(bn.bias, xhat, bn.weight).relu_()
         zp = torch.addmm(lin2.bias, r, lin2.weight.T)
-        norm = zp.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        zn = zp / norm
-        loss, g = supcon_sim_grad(zn @ zn.T / self.config.temperature, y)
-        d_zn = (g + g.T) @ zn * (self.config.beta / self.config.temperature)
-        d_zp = (d_zn - zn * (zn * d_zn).sum(1, keepdim=True)) / norm
+        loss, d_zp = supcon_grad(zp, y, self.config.temperature, self.config.beta)
         linear_grads(lin2, d_zp, r)
         d_bn = relu_backward_(d_zp @ lin2.weight, r)
         torch.sum(d_bn * xhat, 0, out=grad_buffer(bn.weight))

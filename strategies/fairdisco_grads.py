@@ -1,8 +1,9 @@
 """Pieces of FairDisCo's hand-written gradient (`strategies.fairdisco.FairDisCo.update`).
 
 Its projection head's BatchNorm in training mode, and the supervised-contrastive loss's
-gradient with respect to its similarity matrix; both tested through `FairDisCo.update`
-against autograd on `FairDisCo.objective`.
+gradient with respect to the projections (a compiled kernel,
+`strategies._fairdisco_kernels`); both tested through `FairDisCo.update` against autograd
+on `FairDisCo.objective`.
 """
 
 from __future__ import annotations
@@ -48,30 +49,28 @@ def batch_norm_train(bn: nn.BatchNorm1d, a: Tensor, running: dict[str, Tensor] |
     return centred.mul_(inv), inv
 
 
-def supcon_sim_grad(sim: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """`supervised_contrastive_loss` from its similarity matrix, and the loss's gradient w.r.t. it.
+def supcon_grad(zp: Tensor, y: Tensor, temperature: float, beta: float) -> tuple[Tensor, Tensor]:
+    """`supervised_contrastive_loss` of projections, and β times its gradient with respect to them.
 
     Parameters
     ----------
-    sim : Tensor
-        Similarities of the normalised projections divided by the temperature (..., n, n);
-        leading axes are runs sharing the labels (`strategies.stacked`).
+    zp : Tensor
+        Projections before normalisation (..., n, dim); leading axes are runs sharing the
+        labels (`strategies.stacked`).
     y : Tensor
         Labels (n,); rows sharing a label are positives.
+    temperature, beta : float
+        τ dividing the cosine similarities, and the loss's weight in the objective.
 
     Returns
     -------
     tuple of Tensor
-        The loss (one per run) and its gradient with respect to ``sim``.
+        The loss (one per run) and β · dLoss/dzp, shaped as ``zp``.
     """
-    same = y[:, None] == y[None, :]
-    positive = (same & ~torch.eye(len(y), dtype=torch.bool)).to(sim.dtype)
-    n_pos = positive.sum().clamp(min=1)
-    masked = sim.masked_fill(same, torch.finfo(sim.dtype).min)
-    log_sigma = sim - torch.logaddexp(sim, torch.logsumexp(masked, dim=-1, keepdim=True))
-    loss = -(log_sigma * positive).sum((-2, -1)) / n_pos
-    # -log σ(s_ij - n_i) per positive pair; n_i (the negatives' logsumexp) spreads its share
-    # over i's negatives by their softmax weights.
-    slack = (1 - log_sigma.exp()).mul_(positive).div_(n_pos)
-    spread = torch.softmax(masked, dim=-1).masked_fill_(same, 0.0)
-    return loss, spread.mul_(slack.sum(-1, keepdim=True)).sub_(slack)
+    # Imported here: numba costs a process ~0.15 s to import, and only FairDisCO needs it.
+    from strategies._fairdisco_kernels import supcon_grad_
+
+    flat = zp.reshape(-1, *zp.shape[-2:]).contiguous()
+    d_zp, losses = torch.empty_like(flat), torch.empty(flat.shape[0], dtype=zp.dtype)
+    supcon_grad_(flat.numpy(), y.numpy(), temperature, beta, d_zp.numpy(), losses.numpy())
+    return losses.reshape(zp.shape[:-2]), d_zp.reshape(zp.shape)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from strategies.base import relu_backward_
-from strategies.fairdisco_grads import batch_norm_train, supcon_sim_grad
+from strategies.fairdisco_grads import batch_norm_train, supcon_grad
 from strategies.stacked import back, stacked_ce_grad, stacked_grads, stacked_linear
 
 if TYPE_CHECKING:
@@ -35,12 +35,7 @@ def _contrastive(model: Method, s: dict[str, Tensor], g: dict[str, Tensor], h: T
     a1 = stacked_linear(s, "projection.0", h)
     xhat, inv = batch_norm_train(model.projection[1], a1, {k: s[f"projection.1.{k}"] for k in RUNNING})
     r = torch.addcmul(s["projection.1.bias"][:, None], xhat, s["projection.1.weight"][:, None]).relu_()
-    zp = stacked_linear(s, "projection.3", r)
-    norm = zp.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    zn = zp / norm
-    _, gs = supcon_sim_grad(torch.bmm(zn, zn.transpose(1, 2)) / c.temperature, y)
-    d_zn = torch.bmm(gs + gs.transpose(1, 2), zn) * (c.beta / c.temperature)
-    d_zp = (d_zn - zn * (zn * d_zn).sum(-1, keepdim=True)) / norm
+    _, d_zp = supcon_grad(stacked_linear(s, "projection.3", r), y, c.temperature, c.beta)
     stacked_grads(g, "projection.3", d_zp, r)
     d_bn = relu_backward_(back(d_zp, s, "projection.3"), r)
     torch.sum(d_bn * xhat, 1, out=g["projection.1.weight"])

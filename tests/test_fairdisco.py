@@ -107,6 +107,23 @@ def test_supervised_contrastive_loss_degenerate_batches(n, labels):
     assert torch.isfinite(grad).all()
 
 
+@pytest.mark.parametrize("labels", [[0, 0, 0, 1, 1], [0, 1, 1, 2], [1, 1, 1], [0, 1, 2], [0, 0]])
+def test_supcon_grad_matches_autograd_for_each_stacked_run(labels):
+    # The compiled loss and gradient (`supcon_grad`) against autograd on the torch loss,
+    # run by run; degenerate label sets (no negative, no positive) included.
+    from strategies.fairdisco_grads import supcon_grad
+
+    y = torch.tensor(labels)
+    zp = torch.randn(3, len(labels), 6, generator=torch.Generator().manual_seed(len(labels))) * 2
+    losses, d_zp = supcon_grad(zp, y, 0.1, 0.7)
+    for r in range(3):
+        z = zp[r].clone().requires_grad_(True)
+        loss = supervised_contrastive_loss(z, y, 0.1)
+        (grad,) = torch.autograd.grad(loss, z)
+        assert float(losses[r]) == pytest.approx(float(loss), rel=1e-5, abs=1e-7)
+        torch.testing.assert_close(d_zp[r], 0.7 * grad, rtol=1e-4, atol=1e-6)
+
+
 def test_attribute_cross_entropy_on_detached_h_does_not_reach_the_bottleneck():
     model = _model()
     b = _batch()
