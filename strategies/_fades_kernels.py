@@ -9,8 +9,9 @@ four passes over those 1 MiB tensors than on the arithmetic.
 The losses and the latent's bookkeeping (cross-entropies, L1 reconstruction,
 reparameterisation and KL, the discriminator's BCE, gathering the heads' gradients):
 each one call on a few (32, ≤ 2048) arrays where torch made five to fifteen, each
-paying its dispatch and a pass over memory. Together they took a batch-32 update from
-4.2 to 3.75 ms (bench_grid's FM width, medians of 7).
+paying its dispatch and a pass over memory. With the pair step's float32 arithmetic and
+K − 1 products per pair, they took a batch-32 update at bench_grid's FM width (2048)
+from 4.2 to 3.6 ms (same process pairs, medians of 7).
 
 A module of its own, imported with `strategies.fades_update` on a FADES model's first
 update: numba is not loaded by processes that never train one.

@@ -147,7 +147,7 @@ def _main_gradients(
     wce = kernels.softmax_ce_(head_y[0].numpy(), batch.y.numpy(), model.class_weights.numpy(),
                               c.lambda_cls)
     ce_s = kernels.softmax_ce_(head_s[0].numpy(), groups, np.ones(head_s[0].shape[1], np.float32),
-                       c.lambda_cls * c.alpha)
+                               c.lambda_cls * c.alpha)
     recon = kernels.l1_sign_(diff.numpy(), 1.0 / n) / n  # diff becomes d(recon)/d(output)
     terms = {name: torch.tensor(v, dtype=x.dtype) for name, v in
              (("recon", recon), ("kl", kl), ("wce_y", wce), ("ce_s", ce_s))} | {"tc": tc[0].mean()}
