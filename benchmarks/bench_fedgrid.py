@@ -97,7 +97,7 @@ def check_estimate(exp: Experiment, root: Path, per: dict, factors: tuple[float,
 
 def grid_figures(paper: dict, methods: list[str], per: dict, rounds: int, steps: int,
                  parallel: tuple[float, float, int], batch: int) -> dict:
-    """The whole grid's serial and 2-worker minutes and its bound, from the per-method rounds.
+    """The whole grid's serial and parallel (``workers`` processes) minutes and its bound.
 
     ``per`` holds each (proxy FM, method)'s fixed and per-round seconds; ``parallel`` is
     (slowdown beside another worker, worker start-up seconds, workers).

@@ -164,9 +164,10 @@ def pair_cmi_step(a: np.ndarray, r: np.ndarray, w2: np.ndarray, b2: np.ndarray, 
     return value
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+# Reassociation only (to vectorise the sum): a NaN residual must stay NaN, as in torch.
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def l1_sign_(x: np.ndarray, scale: float) -> float:
-    """Sum of ``|x|`` over a 2-D array; overwrites ``x`` with ``scale · sign(x)`` (0 at 0).
+    """Sum of ``|x|`` over a 2-D array; overwrites ``x`` with ``scale · sign(x)`` (0 at 0, NaN at NaN).
 
     The L1 reconstruction term and its gradient in one pass over the (N, d) residual,
     where torch's abs, sum, sign and scale make four, each out of cache at d = 2048.
@@ -177,7 +178,7 @@ def l1_sign_(x: np.ndarray, scale: float) -> float:
         for t in range(x.shape[1]):
             v = x[i, t]
             total += abs(v)
-            x[i, t] = up if v > 0 else (down if v < 0 else zero)
+            x[i, t] = up if v > 0 else (down if v < 0 else (zero if v == 0 else v))
     return total
 
 
@@ -189,6 +190,11 @@ def softmax_ce_(z: np.ndarray, target: np.ndarray, class_weight: np.ndarray, sca
     ``scale`` times its gradient; rows with ``target < 0`` get none. With ``class_weight``
     all ones this is `softmax_cross_entropy` over the known rows; with every target known,
     `weighted_cross_entropy`. One call for what took torch ten on a (32, K) tensor.
+
+    Raises
+    ------
+    ValueError
+        If a target is K or more (torch's ``gather`` would raise too).
     """
     known = 0
     for i in range(z.shape[0]):
@@ -204,6 +210,8 @@ def softmax_ce_(z: np.ndarray, target: np.ndarray, class_weight: np.ndarray, sca
             norm += np.exp(z[i, c] - top)
         lse = top + np.log(norm)
         t = target[i]
+        if t >= z.shape[1]:
+            raise ValueError("a target code is not one of the head's classes")
         w = class_weight[t] * per_row if t >= 0 else 0.0
         if t >= 0:
             total -= w * (z[i, t] - lse)
@@ -218,13 +226,14 @@ def reparameterise(enc: np.ndarray, eps: np.ndarray, z: np.ndarray) -> float:
 
     The KL is `strategies.fades.gaussian_kl`'s: summed over the latent, mean over the rows.
     """
-    d = z.shape[1]
+    d, half = z.shape[1], np.float32(0.5)
     kl = 0.0
     for i in range(z.shape[0]):
         for t in range(d):
             mu, logvar = enc[i, t], enc[i, d + t]
-            var = np.exp(logvar)
-            z[i, t] = mu + eps[i, t] * np.sqrt(var)
+            # float32 as torch computes them; std not as sqrt(var), which overflows twice as early.
+            std, var = np.exp(half * logvar), np.exp(logvar)
+            z[i, t] = mu + eps[i, t] * std
             kl -= 0.5 * (1.0 + logvar - mu * mu - var)
     return kl / z.shape[0]
 
@@ -232,13 +241,13 @@ def reparameterise(enc: np.ndarray, eps: np.ndarray, z: np.ndarray) -> float:
 @njit(cache=True, nogil=True)
 def reparameterise_back(enc: np.ndarray, eps: np.ndarray, d_z: np.ndarray, out: np.ndarray) -> None:
     """dL/d[mu | logvar] into ``out`` from dL/dz and the KL of `reparameterise` (batch mean)."""
-    n, d = d_z.shape
+    (n, d), half = d_z.shape, np.float32(0.5)
     for i in range(n):
         for t in range(d):
             mu, logvar = enc[i, t], enc[i, d + t]
-            var = np.exp(logvar)
+            std, var = np.exp(half * logvar), np.exp(logvar)
             out[i, t] = d_z[i, t] + mu / n
-            out[i, d + t] = 0.5 * d_z[i, t] * eps[i, t] * np.sqrt(var) + 0.5 * (var - 1.0) / n
+            out[i, d + t] = 0.5 * d_z[i, t] * eps[i, t] * std + 0.5 * (var - 1.0) / n
 
 
 @njit(cache=True, nogil=True)

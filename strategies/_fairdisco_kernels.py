@@ -27,7 +27,7 @@ def _normalise(z: np.ndarray, zn: np.ndarray, norm: np.ndarray) -> None:
 
 @njit(cache=True, nogil=True, fastmath=True)
 def _gram(zn: np.ndarray, temperature: float, sim: np.ndarray) -> None:
-    """Cosine similarities over the temperature: ``zn zn^T / τ`` (fastmath: free to vectorise)."""
+    """Cosine similarities over the temperature: ``zn zn^T / τ`` (fastmath: free to reassociate)."""
     for i in range(zn.shape[0]):
         for j in range(zn.shape[0]):
             dot = 0.0
@@ -56,7 +56,7 @@ def _back(g: np.ndarray, zn: np.ndarray, norm: np.ndarray, scale: float, out: np
 # Not fastmath: it tests for anchors without negatives with -inf.
 @njit(cache=True, nogil=True)
 def _anchor_grads(sim: np.ndarray, y: np.ndarray, n_pos: float, g: np.ndarray) -> float:
-    """The loss summed over positive pairs and over ``n_pos``; dLoss/dsim into ``g``.
+    """The loss: summed over positive pairs, divided by ``n_pos``; dLoss/dsim into ``g``.
 
     Per positive pair, ``-log σ(s_ij - n_i)`` with ``n_i`` the log-sum-exp of anchor i's
     negatives; an anchor without negatives scores its positives 0 with no gradient.
@@ -101,6 +101,7 @@ def supcon_grad_(zp: np.ndarray, y: np.ndarray, temperature: float, beta: float,
     for i in range(n):
         for j in range(n):
             n_pos += i != j and y[i] == y[j]
+    # float64 work arrays: a few thousand numbers, and the log-sum-exps keep their digits.
     zn, norm, sim, g = np.empty((n, d)), np.empty(n), np.empty((n, n)), np.empty((n, n))
     for r in range(runs):
         _normalise(zp[r], zn, norm)

@@ -133,7 +133,7 @@ def _main_gradients(
 
     c, x, n = model.config, batch.x, batch.x.shape[0]
     enc = mlp_forward(nets["encoder"], x)
-    eps = torch.randn(n, enc[0].shape[1] // 2)  # the draw `Fades.encode` makes, in the same order
+    eps = torch.randn(n, enc[0].shape[1] // 2, dtype=x.dtype)  # `Fades.encode`'s draw, in its order
     z = torch.empty_like(eps)
     kl = kernels.reparameterise(enc[0].numpy(), eps.numpy(), z.numpy())
     _, z_y, z_s, z_r = z.chunk(4, dim=-1)
@@ -143,6 +143,7 @@ def _main_gradients(
     head_s = mlp_forward(nets["head_s"], torch.cat([z_s, z_r], dim=-1))
     tc = mlp_forward(nets["discriminator"], torch.cat([z_y, z_r, z_s], dim=-1))
     groups = batch.group.numpy()
+    known = groups >= 0
     # Each logits tensor becomes its (weighted) gradient in place: only the traces' inputs live on.
     wce = kernels.softmax_ce_(head_y[0].numpy(), batch.y.numpy(), model.class_weights.numpy(),
                               c.lambda_cls)
@@ -154,23 +155,26 @@ def _main_gradients(
     d_z = mlp_backward(nets["decoder"], diff, dec)
     d_yr = mlp_backward(nets["head_y"], head_y[0], head_y)
     d_sr = mlp_backward(nets["head_s"], head_s[0], head_s)
-    if not (groups >= 0).any():  # autograd's CE(s) is then a constant: the head gets no gradient
+    if not known.any():  # autograd's CE(s) is then a constant: the head gets no gradient
         for p in model.head_s.parameters():
             p.grad = None
     d_tc = mlp_backward(nets["discriminator"], torch.full_like(tc[0], c.lambda_tc / n), tc,
                         weights=False)
     kernels.add_head_grads_(d_z.numpy(), d_yr.numpy(), d_sr.numpy(), d_tc.numpy())
     if model.fair_on:
-        _add_fairness_gradient(model, nets, z, batch, terms, d_z)
+        _add_fairness_gradient(model, nets, (z, known), batch, terms, d_z)
     d_enc = torch.empty_like(enc[0])
     kernels.reparameterise_back(enc[0].numpy(), eps.numpy(), d_z.numpy(), d_enc.numpy())
     return terms, (d_enc, enc), tc
 
 
-def _add_fairness_gradient(model: Fades, nets: dict[str, list[nn.Linear]], z: Tensor, batch: Batch,
-                           terms: dict[str, Tensor], d_z: Tensor) -> None:
-    """Add λ_fair · d(fair)/dz of `Fades.fairness` (`pair_cmi_grad`) to ``d_z``; ``fair`` to ``terms``."""
-    known = batch.group.numpy() >= 0
+def _add_fairness_gradient(model: Fades, nets: dict[str, list[nn.Linear]], latent: tuple[Tensor, np.ndarray],
+                           batch: Batch, terms: dict[str, Tensor], d_z: Tensor) -> None:
+    """Add λ_fair · d(fair)/dz of `Fades.fairness` (`pair_cmi_grad`) to ``d_z``; ``fair`` to ``terms``.
+
+    ``latent`` is the sampled z with the rows whose group is known.
+    """
+    z, known = latent
     if not known.any():
         terms["fair"] = z.new_zeros(())
         return
@@ -193,7 +197,7 @@ def _discriminator_gradients(layers: list[nn.Linear], real: Trace) -> Tensor:
 
     z_y, z_r, z_s = real[1][0].chunk(3, dim=-1)
     fake = mlp_forward(layers, permute_blocks([z_y, z_r, z_s]))
-    d_out = torch.empty(2 * real[0].shape[0], 1)
+    d_out = real[0].new_empty(2 * real[0].shape[0], 1)
     loss = kernels.discriminator_bce(real[0].numpy(), fake[0].numpy(), d_out.numpy())
     mlp_backward(layers, d_out, _cat((real, fake)), d_input=False)
     return torch.tensor(loss)

@@ -70,7 +70,8 @@ def supcon_grad(zp: Tensor, y: Tensor, temperature: float, beta: float) -> tuple
     # Imported here: numba costs a process ~0.15 s to import, and only FairDisCO needs it.
     from strategies._fairdisco_kernels import supcon_grad_
 
-    flat = zp.reshape(-1, *zp.shape[-2:]).contiguous()
+    # A kernel on host arrays: the few thousand numbers go there and back (no copy on the CPU).
+    flat = zp.detach().reshape(-1, *zp.shape[-2:]).cpu().contiguous()
     d_zp, losses = torch.empty_like(flat), torch.empty(flat.shape[0], dtype=zp.dtype)
-    supcon_grad_(flat.numpy(), y.numpy(), temperature, beta, d_zp.numpy(), losses.numpy())
-    return losses.reshape(zp.shape[:-2]), d_zp.reshape(zp.shape)
+    supcon_grad_(flat.numpy(), y.cpu().numpy(), temperature, beta, d_zp.numpy(), losses.numpy())
+    return losses.reshape(zp.shape[:-2]).to(zp.device), d_zp.reshape(zp.shape).to(zp.device)

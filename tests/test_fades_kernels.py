@@ -8,6 +8,7 @@ saturated logits, exact zeros).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy.special import log_softmax
 from torch.distributions import Normal, kl_divergence
@@ -41,6 +42,11 @@ def test_softmax_ce_without_known_rows_is_zero_with_zero_gradient() -> None:
     assert not z.any()
 
 
+def test_softmax_ce_rejects_a_target_beyond_the_classes() -> None:
+    with pytest.raises(ValueError, match="not one of the head's classes"):
+        softmax_ce_(np.zeros((2, 3), np.float32), np.array([0, 3]), np.ones(3, np.float32), 1.0)
+
+
 def test_discriminator_bce_matches_torch_even_when_saturated() -> None:
     real = np.array([[0.3], [-2.0], [60.0], [-80.0]], np.float32)
     fake = np.array([[1.5], [-0.1], [-70.0], [90.0]], np.float32)
@@ -61,6 +67,12 @@ def test_l1_sign_sums_magnitudes_and_leaves_zero_at_zero() -> None:
     want_sum, want_grad = np.abs(x.astype(np.float64)).sum(), 0.25 * np.sign(x)
     assert abs(l1_sign_(x, 0.25) - want_sum) < 1e-9 * want_sum
     np.testing.assert_array_equal(x, want_grad.astype(np.float32))
+
+
+def test_l1_sign_keeps_a_nan_residual_visible() -> None:
+    x = np.array([[1.0, np.nan, -2.0]], np.float32)
+    assert np.isnan(l1_sign_(x, 1.0))
+    assert x[0, 0] == 1.0 and np.isnan(x[0, 1]) and x[0, 2] == -1.0
 
 
 def test_reparameterise_kl_matches_torch_distributions() -> None:
