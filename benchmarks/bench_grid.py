@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
         data, test_x, test_y, n_dom, site_sizes = load(tmp, args.fm, args.task)
     out = {"bench": "grid", "fm": args.fm, "task": args.task, "n_train": len(data),
            "gemm_gflops": gemm_gflops(), "repeats": args.repeats, "baseline_repeats": args.baseline_repeats}
+    folds = out["fold_sizes"] = [len(tr) for tr, _ in cv_folds(data, 3, 0)]
     lean: dict = {}
     out |= unified_vs_baseline(data, (test_x, test_y), c, n_dom, out, lean)
-    folds = [len(tr) for tr, _ in cv_folds(data, 3, 0)]
     upd: dict = {}
     kern: dict = {}
     measured = {"unified": out["lockstep_s"]} | {
@@ -194,10 +194,11 @@ def unified_vs_baseline(data: ArrayData, test: tuple[np.ndarray, np.ndarray], c:
                         lean: dict) -> dict:
     """Unified's protocol, lockstep against the DataLoader baseline: times, floors, choices, test F1.
 
-    ``run`` supplies the repeats and the GEMM rate; ``lean`` caches the lean step times.
+    ``run`` supplies the repeats, the GEMM rate and the CV folds' sizes; ``lean`` caches the
+    lean step times.
     """
     config = get_method("unified").config_cls()
-    folds = [len(tr) for tr, _ in cv_folds(data, 3, 0)]
+    folds = run["fold_sizes"]
     # The first optimiser of a process imports torch's compiler stack: keep it out of the timings.
     fit("unified", data.take(np.arange(64)), c, n_dom, config, do_search=False)
     (ours_s, ours), (base_s, (best, _, base_model)), speedup = paired(
