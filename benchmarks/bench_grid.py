@@ -33,6 +33,7 @@ from grid_model import (
     linear_macs,
     lockstep_width,
     measured_once,
+    pair_flops,
     protocol_phases,
     samples_seen,
     stacked_estimate,
@@ -120,8 +121,10 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
         config = cls.config_cls()
         width = lockstep_width(name, dim, c) if ls.supports_lockstep(cls) else c
         steps, floor_s = step_floor(config, folds, len(data), 16, dim, width, lean)
-        flop_s = 6 * linear_macs(name, dim, c) * samples_seen(config, folds, len(data)) / (gflops * 1e9)
         phases = protocol_phases(config, folds, len(data), 16)
+        flops = 6 * linear_macs(name, dim, c) * samples_seen(config, folds, len(data))
+        flops += sum(r * s * pair_flops(name, dim, c, bs) for bs, r, s in phases)
+        flop_s = flops / (gflops * 1e9)
         if ls.supports_lockstep(cls):
             est, path = measured.get(name, 0.0), "lockstep (measured)"
         elif supports_stacked(cls, config):
@@ -133,7 +136,7 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
             path = "per-config (estimated)"
         kernel_s = 0.0
         if kern is not None:
-            kernel_s = kernel_floor(name, dim, c, width, len(folds), phases, kern)
+            kernel_s = kernel_floor(name, dim, c, width, len(folds), phases, kern, gflops)
         rows.append({"method": name, "steps": steps, "seconds": est, "flop_s": flop_s, "floor_s": floor_s,
                      "kernel_s": kernel_s, "ratio_to_bound": est / max(flop_s, floor_s, kernel_s),
                      "path": path})

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
+from torch import nn
 
 from strategies import load_all
 from strategies import lockstep as ls
@@ -155,7 +156,30 @@ def samples_seen(config: MethodConfig, fold_sizes: list[int], n: int) -> int:
     return (search if config.searchable else 0) + n * config.epochs
 
 
-def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 100) -> float:
+def pair_flops(name: str, dim: int, n_classes: int, bs: int) -> int:
+    """FLOPs per step of a method's products on all N² pairs of a batch (FADES' CMI term).
+
+    FADES evaluates its label and sensitive heads on every pair ``[z_a^(i), z_r^(j)]``
+    with gradients to the latents: each head's second layer (h → K) forward and its
+    input gradient on N² rows, counted with K − 1 outputs (the softmax ignores a shift
+    common to all classes, so class 0 need not be computed), and its first layer split
+    into the two latents' halves, forward and input gradient on N rows each. Other
+    methods have none.
+    """
+    if name != "fades":
+        return 0
+    cls = REGISTRY[name]
+    model = cls(TaskSpec(dim, n_classes, 8, (1.0,) * n_classes), cls.config_cls())
+    total = 0
+    for head in (model.head_y, model.head_s):
+        first, second = (m for m in head.modules() if isinstance(m, nn.Linear))
+        total += 2 * 2 * bs * bs * second.in_features * (second.out_features - 1)
+        total += 2 * 2 * bs * first.in_features * first.out_features
+    return total
+
+
+def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 100,
+                   gflops: float | None = None) -> float:
     """Seconds per step of a method's unavoidable kernels, issued back to back.
 
     For every weight matrix W (out × in) of the method: the forward GEMM of a batch, the
@@ -164,8 +188,9 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
     one fused Adam update of all its parameters. No autograd, no loss, no activations: what
     any implementation of one step of the method must at least run, measured on this
     machine (small-batch GEMMs and the optimizer's memory traffic, which a FLOP count
-    misses). Method-specific products beyond one pass through each matrix (FADES's heads
-    on all N² latent pairs) are not counted, so the floor is a lower bound.
+    misses). Given the GEMM rate ``gflops``, method-specific products on all N² pairs of
+    a batch (`pair_flops`) are added at that rate, no faster than any implementation
+    could run them; without it they are left out.
     """
     cls = REGISTRY[name]
     torch.manual_seed(0)
@@ -179,7 +204,10 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
     backs = [(g, w, torch.empty(bs, w.shape[1])) for w, g in zip(mats, gs, strict=True) if w.shape[1] != dim]
     grads = [torch.randn_like(p) * 1e-3 for p in params]
     ms, vs = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
-    counts = [torch.zeros(()) for _ in params]
+    # One count serves every parameter: they all take every step (a real run keeps one per
+    # parameter in one buffer, `strategies.fused_adam.increment`, at the same cost).
+    count = torch.zeros(())
+    counts = [count] * len(params)
 
     def step() -> None:
         for w, x, g, o, dw in zip(mats, xs, gs, outs, dws, strict=True):
@@ -187,11 +215,12 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
             torch.mm(g.T, x, out=dw)
         for g, w, dx in backs:
             torch.mm(g, w, out=dx)
-        torch._foreach_add_(counts, 1.0)
+        count.add_(1.0)
         torch._fused_adam_(params, grads, ms, vs, [], counts, lr=1e-3, beta1=0.9, beta2=0.999,
                            weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
 
-    return _per_call(step, steps)
+    pairs = pair_flops(name, dim, n_classes, bs) / (gflops * 1e9) if gflops else 0.0
+    return _per_call(step, steps) + pairs
 
 
 def _per_call(step: Callable[[], None], steps: int) -> float:
@@ -270,8 +299,12 @@ def stacked_floor(dim: int, width: int, bs: int, runs: int, folds: int) -> float
 
 
 def kernel_floor(name: str, dim: int, c: int, width: int, folds: int, phases: list[tuple[int, int, int]],
-                 kern: dict) -> float:
-    """Seconds of a method's unavoidable kernels over the whole protocol (cached in ``kern``)."""
+                 kern: dict, gflops: float) -> float:
+    """Seconds of a method's unavoidable kernels over the whole protocol (cached in ``kern``).
+
+    ``gflops`` is the GEMM rate at which `kernel_seconds` counts the products on all N²
+    pairs of a batch (`pair_flops`).
+    """
     lockstep = ls.supports_lockstep(REGISTRY[name])
     total = 0.0
     for bs, runs, steps in phases:
@@ -280,6 +313,7 @@ def kernel_floor(name: str, dim: int, c: int, width: int, folds: int, phases: li
                                  lambda bs=bs, runs=runs: stacked_floor(dim, width, bs, runs, folds))
             total += steps * step
         else:
-            step = measured_once(kern, (name, dim, bs), lambda bs=bs: kernel_seconds(name, dim, c, bs))
+            step = measured_once(kern, (name, dim, bs),
+                                 lambda bs=bs: kernel_seconds(name, dim, c, bs, gflops=gflops))
             total += runs * steps * step
     return total

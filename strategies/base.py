@@ -15,7 +15,8 @@ from typing import ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
-from torch.optim import optimizer as _torch_optimizer
+
+from strategies.fused_adam import optimizer_step
 
 
 @dataclass(frozen=True)
@@ -146,49 +147,6 @@ def make_optimizer(params: Iterable[nn.Parameter], config: MethodConfig, lr: flo
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay, fused=True)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; expected 'adam' or 'sgd'")
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
-    """``optimizer.step()``, with a plain fused CPU Adam's step issued directly.
-
-    ``Adam.step`` spends ≈ 0.15 ms per call in Python (hooks, grouping, state checks)
-    around its one fused kernel: as much as the kernel itself for a probe, paid on every
-    one of a grid's ~10⁵ steps. For `make_optimizer`'s Adam this runs the same kernel
-    on the same state (``optimizer.state`` initialised as torch does), so both paths give
-    identical parameters; any other optimizer, or one with hooks, takes ``step()``.
-    """
-    if not _plain_fused_adam(optimizer):
-        optimizer.step()
-        return
-    for group in optimizer.param_groups:
-        params = [p for p in group["params"] if p.grad is not None]
-        states = [optimizer.state[p] for p in params]
-        for p, st in zip(params, states, strict=True):
-            if not st:  # what Adam._init_group creates for a fused CPU parameter
-                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if not params:
-            continue
-        steps = [st["step"] for st in states]
-        torch._foreach_add_(steps, 1)
-        beta1, beta2 = group["betas"]
-        torch._fused_adam_(params, [p.grad for p in params], [st["exp_avg"] for st in states],
-                           [st["exp_avg_sq"] for st in states], [], steps, amsgrad=False, lr=group["lr"],
-                           beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                           maximize=group["maximize"], grad_scale=None, found_inf=None)
-
-
-def _plain_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
-    """A fused, non-AMSGrad, L2-decay Adam on float32 CPU parameters, with no step hooks."""
-    if type(optimizer) is not torch.optim.Adam or optimizer._optimizer_step_pre_hooks \
-            or optimizer._optimizer_step_post_hooks or _torch_optimizer._global_optimizer_pre_hooks \
-            or _torch_optimizer._global_optimizer_post_hooks:
-        return False
-    return all(g["fused"] and not (g["amsgrad"] or g["capturable"] or g["differentiable"]
-                                   or g.get("decoupled_weight_decay", False) or isinstance(g["lr"], Tensor))
-               and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in g["params"])
-               for g in optimizer.param_groups)
 
 
 def softmax_cross_entropy(logits: Tensor, target: Tensor, row_weight: Tensor) -> tuple[Tensor, Tensor]:

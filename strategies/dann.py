@@ -50,13 +50,13 @@ from strategies.base import (
     TaskSpec,
     known_group_cross_entropy,
     linear_grads,
-    optimizer_step,
     register,
     relu_backward_,
     softmax_cross_entropy,
     weighted_cross_entropy,
 )
 from strategies.dann_stacked import stacked_update
+from strategies.fused_adam import optimizer_step
 
 
 @dataclass(frozen=True)

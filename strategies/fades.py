@@ -74,12 +74,12 @@ from strategies.base import (
     MethodConfig,
     TaskSpec,
     make_optimizer,
-    optimizer_step,
     register,
     weighted_cross_entropy,
 )
 from strategies.fades_cmi import LEAK, conditional_mutual_information, frozen_pair_probs
 from strategies.fades_update import manual_update, permute_blocks
+from strategies.fused_adam import optimizer_step
 
 N_BLOCKS = 4  # z_x, z_y, z_s, z_r
 

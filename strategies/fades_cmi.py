@@ -116,16 +116,30 @@ def pair_cmi_grad(head: list[nn.Linear], z_a: Tensor, z_r: Tensor, s: Tensor, be
     tuple of Tensor
         The scalar estimate, dÎ/dz_a and dÎ/dz_r.
     """
-    # Imported here: numba costs a process ~0.15 s to import, and only FADES needs this kernel.
-    from strategies._fades_kernels import pair_cmi_step
+    value, (g_a, w_a), (g_r, w_r) = pair_cmi_parts(head, z_a, z_r, s, beta, eps)
+    return torch.tensor(value, dtype=g_a.dtype), g_a @ w_a, g_r @ w_r
+
+
+def pair_cmi_parts(head: list[nn.Linear], z_a: Tensor, z_r: Tensor, s: Tensor, beta: float = 0.5,
+                   eps: float = 1e-7) -> tuple[float, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """`pair_cmi_grad` before its last two products, for callers that add them up themselves.
+
+    Returns the estimate, then (dÎ/d(first layer's z_a half), that half's weight) and the
+    same for z_r: dÎ/dz_a is the product of the first pair, dÎ/dz_r of the second.
+    """
+    # Imported here: numba costs a process ~0.15 s to import, and only FADES needs these kernels.
+    from strategies import _fades_pair_kernels as kernels
 
     (w1, b1), (w2, b2) = ((layer.weight.detach(), layer.bias.detach()) for layer in head)
-    d_a = z_a.shape[1]
+    n, d_a = z_a.shape
     w_a, w_r = w1[:, :d_a], w1[:, d_a:]
     # The first layer splits over the pair: W[z_a; z_r] + b = (W_a z_a + b) + W_r z_r.
     a, r = torch.addmm(b1, z_a.detach(), w_a.T), z_r.detach() @ w_r.T
+    logits = a.new_empty(w2.shape[0], n, n)
+    kernels.pair_logits(a.numpy(), r.numpy(), w2.numpy(), b2.numpy(), LEAK, logits.numpy())
     g_a, g_r = torch.empty_like(a), torch.empty_like(r)
     codes = np.ascontiguousarray(s.numpy(), dtype=np.int64)
-    value = pair_cmi_step(a.numpy(), r.numpy(), w2.numpy(), b2.numpy(), codes, beta, eps, LEAK, g_a.numpy(),
-                          g_r.numpy())
-    return torch.tensor(value, dtype=a.dtype), g_a @ w_a, g_r @ w_r
+    probs = torch.softmax(logits, 0)
+    value = kernels.pair_grads(probs.numpy(), codes, a.numpy(), r.numpy(), w2.numpy(), beta, eps, LEAK,
+                               g_a.numpy(), g_r.numpy())
+    return value, (g_a, w_a), (g_r, w_r)

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
-from strategies.base import Batch, linear_grads, optimizer_step
-from strategies.fades_cmi import LEAK, pair_cmi_grad
+from strategies.base import Batch, grad_buffer
+from strategies.fades_cmi import LEAK, pair_cmi_parts
+from strategies.fused_adam import optimizer_step
 
 if TYPE_CHECKING:
     from strategies.fades import Fades
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 _NETS = ("encoder", "decoder", "head_y", "head_s", "discriminator")
 #: (output, each Linear's input, each hidden pre-activation) of `mlp_forward`.
 Trace = tuple[Tensor, list[Tensor], list[Tensor]]
+#: `strategies._fades_kernels.leaky_back_`'s "no bias gradient".
+_NO_SUMS = np.empty(0, np.float32)
 
 
 def permute_blocks(blocks: list[Tensor]) -> Tensor:
@@ -73,24 +76,29 @@ def mlp_backward(layers: list[nn.Linear], d_out: Tensor, trace: Trace, weights: 
     Writes every layer's weight and bias gradient when ``weights``; returns dL/d(input)
     when ``d_input`` (else None, saving the first layer's input product).
     """
+    # Imported here: numba costs a process ~0.15 s to import, and only FADES needs these kernels.
+    from strategies import _fades_kernels as kernels
+
     _, inputs, pres = trace
     d = d_out
+    if weights:
+        torch.sum(d, 0, out=grad_buffer(layers[-1].bias))
     for k in range(len(layers) - 1, -1, -1):
         if weights:
-            linear_grads(layers[k], d, inputs[k])
+            torch.mm(d.T, inputs[k], out=grad_buffer(layers[k].weight))
         if k == 0 and not d_input:
             return None
         d = d @ layers[k].weight
-        if k:
-            d = torch.ops.aten.leaky_relu_backward(d, pres[k - 1], LEAK, False)
+        if k:  # the layer below's bias gradient comes out of the same pass
+            bias = grad_buffer(layers[k - 1].bias).numpy() if weights else _NO_SUMS
+            kernels.leaky_back_(d.numpy(), pres[k - 1].numpy(), LEAK, bias)
     return d
 
 
-def _cat(traces: tuple[Trace, Trace]) -> Trace:
-    """Two traces of the same MLP as one over their stacked rows (rows are independent)."""
-    (a, ia, pa), (b, ib, pb) = traces
-    return (torch.cat([a, b]), [torch.cat(p) for p in zip(ia, ib, strict=True)],
-            [torch.cat(p) for p in zip(pa, pb, strict=True)])
+def _rows(trace: Trace, n: int) -> Trace:
+    """The first ``n`` rows of a trace (views: each tensor is row-major)."""
+    out, inputs, pres = trace
+    return out[:n], [x[:n] for x in inputs], [p[:n] for p in pres]
 
 
 def manual_update(model: Fades, batch: Batch) -> dict[str, float]:
@@ -110,23 +118,22 @@ def manual_update(model: Fades, batch: Batch) -> dict[str, float]:
     """
     nets = model_linears(model)
     with torch.no_grad():
-        terms, (d_enc, enc), tc = _main_gradients(model, nets, batch)
+        terms, (d_enc, enc), disc = _main_gradients(model, nets, batch)
         mlp_backward(nets["encoder"], d_enc, enc, d_input=False)
     optimizer_step(model.optimizer)
     with torch.no_grad():
-        disc = _discriminator_gradients(nets["discriminator"], tc)
+        disc_loss = _discriminator_gradients(nets["discriminator"], disc)
     optimizer_step(model.disc_optimizer)
-    logs = {k: float(v) for k, v in terms.items()}
-    return {"loss": float(model.combine(terms)), **logs, "disc": float(disc)}
+    return {"loss": model.combine(terms), **terms, "disc": disc_loss}
 
 
 def _main_gradients(
     model: Fades, nets: dict[str, list[nn.Linear]], batch: Batch,
-) -> tuple[dict[str, Tensor], tuple[Tensor, Trace], Trace]:
+) -> tuple[dict[str, float], tuple[Tensor, Trace], Trace]:
     """The terms of `Fades.terms`; writes the decoder's and heads' gradients.
 
     Returns the terms, dL/d(encoder output) with the encoder's trace, and the
-    discriminator's trace on the real rows.
+    discriminator's trace on the real rows followed by their block-wise permutation.
     """
     # Imported here: numba costs a process ~0.15 s to import, and only FADES needs these kernels.
     from strategies import _fades_kernels as kernels
@@ -141,7 +148,11 @@ def _main_gradients(
     diff = dec[0].sub_(x)  # the decoder's output is not needed past its residual
     head_y = mlp_forward(nets["head_y"], torch.cat([z_y, z_r], dim=-1))
     head_s = mlp_forward(nets["head_s"], torch.cat([z_s, z_r], dim=-1))
-    tc = mlp_forward(nets["discriminator"], torch.cat([z_y, z_r, z_s], dim=-1))
+    # D on the permuted rows too, for its own step: one pass for both, and the permutation
+    # drawn before any other draw, as `Fades.update`'s autograd path draws it.
+    tc_in = torch.cat([z_y, z_r, z_s], dim=-1)
+    disc = mlp_forward(nets["discriminator"], torch.cat([tc_in, permute_blocks([z_y, z_r, z_s])]))
+    tc = _rows(disc, n)
     groups = batch.group.numpy()
     known = groups >= 0
     # Each logits tensor becomes its (weighted) gradient in place: only the traces' inputs live on.
@@ -150,54 +161,59 @@ def _main_gradients(
     ce_s = kernels.softmax_ce_(head_s[0].numpy(), groups, np.ones(head_s[0].shape[1], np.float32),
                                c.lambda_cls * c.alpha)
     recon = kernels.l1_sign_(diff.numpy(), 1.0 / n) / n  # diff becomes d(recon)/d(output)
-    terms = {name: torch.tensor(v, dtype=x.dtype) for name, v in
-             (("recon", recon), ("kl", kl), ("wce_y", wce), ("ce_s", ce_s))} | {"tc": tc[0].mean()}
+    terms = {"recon": recon, "kl": kl, "wce_y": wce, "ce_s": ce_s, "tc": float(tc[0].mean())}
     d_z = mlp_backward(nets["decoder"], diff, dec)
     d_yr = mlp_backward(nets["head_y"], head_y[0], head_y)
     d_sr = mlp_backward(nets["head_s"], head_s[0], head_s)
     if not known.any():  # autograd's CE(s) is then a constant: the head gets no gradient
         for p in model.head_s.parameters():
             p.grad = None
-    d_tc = mlp_backward(nets["discriminator"], torch.full_like(tc[0], c.lambda_tc / n), tc,
-                        weights=False)
+    d_tc = mlp_backward(nets["discriminator"], torch.full_like(tc[0], c.lambda_tc / n), tc, weights=False)
     kernels.add_head_grads_(d_z.numpy(), d_yr.numpy(), d_sr.numpy(), d_tc.numpy())
     if model.fair_on:
-        _add_fairness_gradient(model, nets, (z, known), batch, terms, d_z)
+        terms["fair"] = _add_fairness_gradient(model, nets, (z, known), batch, d_z)
     d_enc = torch.empty_like(enc[0])
     kernels.reparameterise_back(enc[0].numpy(), eps.numpy(), d_z.numpy(), d_enc.numpy())
-    return terms, (d_enc, enc), tc
+    return terms, (d_enc, enc), disc
 
 
 def _add_fairness_gradient(model: Fades, nets: dict[str, list[nn.Linear]], latent: tuple[Tensor, np.ndarray],
-                           batch: Batch, terms: dict[str, Tensor], d_z: Tensor) -> None:
-    """Add λ_fair · d(fair)/dz of `Fades.fairness` (`pair_cmi_grad`) to ``d_z``; ``fair`` to ``terms``.
+                           batch: Batch, d_z: Tensor) -> float:
+    """Add λ_fair · d(fair)/dz of `Fades.fairness` (`pair_cmi_parts`) to ``d_z``; return ``fair``.
 
     ``latent`` is the sampled z with the rows whose group is known.
     """
     z, known = latent
     if not known.any():
-        terms["fair"] = z.new_zeros(())
-        return
-    rows = slice(None) if known.all() else torch.from_numpy(known)
+        return 0.0
+    whole = bool(known.all())
+    rows = slice(None) if whole else torch.from_numpy(known)
     _, z_y, z_s, z_r = z[rows].chunk(4, dim=-1)
-    beta = model.config.beta
-    cmi_y, d_y, d_ry = pair_cmi_grad(nets["head_y"], z_y, z_r, batch.group[rows], beta)
-    cmi_s, d_s, d_rs = pair_cmi_grad(nets["head_s"], z_s, z_r, batch.y[rows], beta)
-    terms["fair"] = 0.5 * (cmi_y + cmi_s)
-    k, scale = z_y.shape[1], 0.5 * model.config.lambda_fair
-    d_z[rows, k:] += torch.cat([d_y, d_s, d_ry.add_(d_rs)], dim=-1).mul_(scale)
+    k, beta, scale = z_y.shape[1], model.config.beta, 0.5 * model.config.lambda_fair
+    # d(fair)/d[z_y, z_s, z_r], accumulated by the last products themselves (alpha = scale).
+    d = d_z[:, k:] if whole else d_z.new_zeros(z_y.shape[0], 3 * k)
+    fair = 0.0
+    for head, z_a, s, block in (("head_y", z_y, batch.group[rows], 0), ("head_s", z_s, batch.y[rows], 1)):
+        value, (g_a, w_a), (g_r, w_r) = pair_cmi_parts(nets[head], z_a, z_r, s, beta)
+        d[:, block * k:(block + 1) * k].addmm_(g_a, w_a, alpha=scale)
+        d[:, 2 * k:].addmm_(g_r, w_r, alpha=scale)
+        fair += 0.5 * value
+    if not whole:
+        d_z[rows, k:] += d
+    return fair
 
 
-def _discriminator_gradients(layers: list[nn.Linear], real: Trace) -> Tensor:
-    """BCE of D on the real rows and a block-wise permutation of them; writes D's gradients.
+def _discriminator_gradients(layers: list[nn.Linear], both: Trace) -> float:
+    """BCE of D on the real rows and their block-wise permutation; writes D's gradients.
 
-    The real rows' trace is the main pass's: the main step does not move D. Returns the loss.
+    ``both`` is the main pass's trace of D on the real rows, then the permuted ones: the
+    main step does not move D. Returns the loss.
     """
     from strategies import _fades_kernels as kernels
 
-    z_y, z_r, z_s = real[1][0].chunk(3, dim=-1)
-    fake = mlp_forward(layers, permute_blocks([z_y, z_r, z_s]))
-    d_out = real[0].new_empty(2 * real[0].shape[0], 1)
-    loss = kernels.discriminator_bce(real[0].numpy(), fake[0].numpy(), d_out.numpy())
-    mlp_backward(layers, d_out, _cat((real, fake)), d_input=False)
-    return torch.tensor(loss)
+    out = both[0]
+    n = out.shape[0] // 2
+    d_out = torch.empty_like(out)
+    loss = kernels.discriminator_bce(out[:n].numpy(), out[n:].numpy(), d_out.numpy())
+    mlp_backward(layers, d_out, both, d_input=False)
+    return loss

@@ -62,7 +62,6 @@ from strategies.base import (
     grad_buffer,
     known_group_cross_entropy,
     linear_grads,
-    optimizer_step,
     register,
     relu_backward_,
     softmax_cross_entropy,
@@ -70,6 +69,7 @@ from strategies.base import (
 )
 from strategies.fairdisco_grads import batch_norm_train, supcon_grad
 from strategies.fairdisco_stacked import stacked_update
+from strategies.fused_adam import optimizer_step
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from strategies.base import Method, MethodConfig, TaskSpec, get_method, seed_torch
 from strategies.core import ArrayData, HParams, make_spec, predict
+from strategies.fused_adam import increment
 
 StepFn = Callable[[Method, dict[str, Tensor], dict[str, Tensor], "StackedBatch"], "tuple[str, ...] | None"]
 
@@ -198,7 +199,8 @@ class _StackedAdam:
         self.lrs, self.weight_decay = lrs, weight_decay
         self.grads = {k: torch.zeros_like(p) for k, p in params.items()}
         moments = [{k: torch.zeros_like(p) for k, p in params.items()} for _ in range(2)]
-        self.counts = {k: torch.zeros(()) for k in params}
+        # Views of one buffer: `increment` advances them all with one add when none is skipped.
+        self.counts = dict(zip(params, torch.zeros(len(params)).unbind(), strict=True))
         # Each learning rate's views, made once: indexing them anew costs a microsecond each.
         self.views = [{k: tuple(t[k][j] for t in (params, self.grads, *moments)) for k in params}
                       for j in range(len(lrs))]
@@ -206,8 +208,8 @@ class _StackedAdam:
     def step(self, skip: tuple[str, ...] = ()) -> None:
         """Every run's update with its own learning rate, except for the parameters in ``skip``."""
         names = [k for k in self.counts if k not in skip]
-        torch._foreach_add_([self.counts[k] for k in names], 1)
         counts = [self.counts[k] for k in names]
+        increment(counts)
         for lr, views in zip(self.lrs, self.views, strict=True):
             torch._fused_adam_(*([views[k][i] for k in names] for i in range(4)), [], counts, amsgrad=False,
                                lr=lr, beta1=0.9, beta2=0.999, weight_decay=self.weight_decay, eps=1e-8,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
@@ -85,7 +87,7 @@ def _adam_pair(weight_decay=1e-3):
 
 
 def test_direct_fused_adam_step_equals_adam_step_exactly():
-    from strategies.base import optimizer_step
+    from strategies.fused_adam import optimizer_step
 
     nets, opts = _adam_pair()
     for i in range(25):
@@ -102,8 +104,43 @@ def test_direct_fused_adam_step_equals_adam_step_exactly():
             assert torch.equal(sa["state"][k][name], sb["state"][k][name])
 
 
+def test_direct_step_counts_skipped_parameters_and_reloaded_state_as_adam_does():
+    """Steps where the last layer gets no gradient, then both optimizers reloaded mid-run."""
+    from strategies.fused_adam import optimizer_step
+
+    nets, opts = _adam_pair()
+    for i in range(20):
+        if i == 10:  # a checkpoint's state: step counts no longer views of one buffer
+            for opt in opts:
+                opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        x = torch.randn(4, 7, generator=torch.Generator().manual_seed(i))
+        for net, opt, step in zip(nets, opts, (lambda o: o.step(), optimizer_step), strict=True):
+            opt.zero_grad()
+            out = net[0](x) if i % 3 == 0 else net(x)  # net[2] skipped on every third step
+            out.pow(2).sum().backward()
+            step(opt)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    sa, sb = opts[0].state_dict()["state"], opts[1].state_dict()["state"]
+    assert [float(sb[k]["step"]) for k in sorted(sb)] == [20, 20, 13, 13]
+    assert all(torch.equal(sa[k]["step"], sb[k]["step"]) for k in sa)
+
+
+def test_step_counts_of_one_buffer_advance_together_and_others_one_by_one():
+    from strategies.fused_adam import increment
+
+    buffer = torch.zeros(3)
+    increment(list(buffer.unbind()))
+    separate = [torch.zeros(()) for _ in range(3)]
+    increment(separate)
+    partial = list(torch.zeros(3).unbind())[:2]  # a subset: the buffer's last count must not move
+    increment(partial)
+    assert buffer.tolist() == [1, 1, 1] and [float(s) for s in separate] == [1, 1, 1]
+    assert partial[0]._base.tolist() == [1, 1, 0]
+
+
 def test_direct_step_defers_to_step_for_hooks_and_other_optimizers():
-    from strategies.base import optimizer_step
+    from strategies.fused_adam import optimizer_step
 
     nets, (opt, _) = _adam_pair()
     calls = []
