@@ -7,12 +7,22 @@ all :math:`N^2` pairs :math:`[z_a^{(i)}, z_r^{(j)}]`, with gradients to the late
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
 LEAK = 0.2  # LeakyReLU slope of every MLP (the reference's)
+
+
+class Weighted(Protocol):
+    """A linear layer's ``weight`` and ``bias``: an ``nn.Linear``, or its tensors."""
+
+    weight: Tensor
+    bias: Tensor
 
 
 def entropy(p: Tensor, eps: float = 1e-7) -> Tensor:
@@ -79,7 +89,7 @@ def frozen_pair_probs(head: nn.Sequential, z_a: Tensor, z_r: Tensor) -> Tensor:
     return hidden.softmax(-1)
 
 
-def pair_cmi_grad(head: list[nn.Linear], z_a: Tensor, z_r: Tensor, s: Tensor, beta: float = 0.5,
+def pair_cmi_grad(head: Sequence[Weighted], z_a: Tensor, z_r: Tensor, s: Tensor, beta: float = 0.5,
                   eps: float = 1e-7) -> tuple[Tensor, Tensor, Tensor]:
     r"""`conditional_mutual_information` of `frozen_pair_probs` and its gradients, by hand.
 
@@ -102,8 +112,9 @@ def pair_cmi_grad(head: list[nn.Linear], z_a: Tensor, z_r: Tensor, s: Tensor, be
 
     Parameters
     ----------
-    head : list of nn.Linear
-        The head's two linear layers (a LeakyReLU(`LEAK`) between them).
+    head : sequence of nn.Linear
+        The head's two linear layers (a LeakyReLU(`LEAK`) between them), or anything
+        with their ``weight`` and ``bias`` (`strategies.fades_update.Layer`).
     z_a, z_r : Tensor
         ``(N, d_a)`` and ``(N, d_r)`` latents; ``probs[i, j]`` pairs ``z_a[i]`` with ``z_r[j]``.
     s : Tensor
@@ -120,7 +131,7 @@ def pair_cmi_grad(head: list[nn.Linear], z_a: Tensor, z_r: Tensor, s: Tensor, be
     return torch.tensor(value, dtype=g_a.dtype), g_a @ w_a, g_r @ w_r
 
 
-def pair_cmi_parts(head: list[nn.Linear], z_a: Tensor, z_r: Tensor, s: Tensor, beta: float = 0.5,
+def pair_cmi_parts(head: Sequence[Weighted], z_a: Tensor, z_r: Tensor, s: Tensor, beta: float = 0.5,
                    eps: float = 1e-7) -> tuple[float, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """`pair_cmi_grad` before its last two products, for callers that add them up themselves.
 
@@ -136,10 +147,10 @@ def pair_cmi_parts(head: list[nn.Linear], z_a: Tensor, z_r: Tensor, s: Tensor, b
     # The first layer splits over the pair: W[z_a; z_r] + b = (W_a z_a + b) + W_r z_r.
     a, r = torch.addmm(b1, z_a.detach(), w_a.T), z_r.detach() @ w_r.T
     logits = a.new_empty(w2.shape[0], n, n)
-    kernels.pair_logits(a.numpy(), r.numpy(), w2.numpy(), b2.numpy(), LEAK, logits.numpy())
+    a_, r_, w2_ = a.numpy(), r.numpy(), w2.numpy()
+    kernels.pair_logits(a_, r_, w2_, b2.numpy(), LEAK, logits.numpy())
     g_a, g_r = torch.empty_like(a), torch.empty_like(r)
     codes = np.ascontiguousarray(s.numpy(), dtype=np.int64)
-    probs = torch.softmax(logits, 0)
-    value = kernels.pair_grads(probs.numpy(), codes, a.numpy(), r.numpy(), w2.numpy(), beta, eps, LEAK,
-                               g_a.numpy(), g_r.numpy())
+    probs = torch.softmax(logits, 0).numpy()
+    value = kernels.pair_grads(probs, codes, a_, r_, w2_, beta, eps, LEAK, g_a.numpy(), g_r.numpy())
     return value, (g_a, w_a), (g_r, w_r)

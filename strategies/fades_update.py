@@ -15,7 +15,7 @@ layer's input and pre-activation, and one backward over them, serve them all.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -47,29 +47,44 @@ def linears(mlp: nn.Module) -> list[nn.Linear]:
     return [m for m in mlp.modules() if isinstance(m, nn.Linear)]
 
 
-def model_linears(model: Fades) -> dict[str, list[nn.Linear]]:
-    """Each of the model's MLPs' `linears`, by name, found once per model.
+class Layer(NamedTuple):
+    """A Linear layer's tensors, as the hand-written passes use them."""
 
-    Walking the modules takes about 0.1 ms, paid at every one of a run's ~10⁴ steps before.
+    weight: Tensor
+    weight_t: Tensor
+    bias: Tensor
+    #: The parameters themselves (weight, bias), whose ``grad`` the backward writes.
+    params: tuple[nn.Parameter, nn.Parameter]
+
+
+def model_linears(model: Fades) -> dict[str, list[Layer]]:
+    """Each of the model's MLPs' layers, by name, found once per model.
+
+    Walking the modules takes about 0.1 ms, and each ``module.weight`` goes through
+    ``nn.Module.__getattr__`` (0.7 µs, some 70 a step): paid at every one of a run's ~10⁴
+    steps before. The tensors are detached views: optimizers and ``load_state_dict``
+    update parameters in place, so the views stay current.
     """
     nets = model.__dict__.get("_linears")
     if nets is None:
-        nets = model.__dict__["_linears"] = {name: linears(getattr(model, name)) for name in _NETS}
+        nets = model.__dict__["_linears"] = {
+            name: [Layer(m.weight.detach(), m.weight.detach().T, m.bias.detach(), (m.weight, m.bias))
+                   for m in linears(getattr(model, name))] for name in _NETS}
     return nets
 
 
-def mlp_forward(layers: list[nn.Linear], x: Tensor) -> Trace:
+def mlp_forward(layers: list[Layer], x: Tensor) -> Trace:
     """Run the MLP of ``layers`` on ``x``, keeping what its backward needs."""
     inputs, pres = [x], []
-    h = torch.addmm(layers[0].bias, x, layers[0].weight.T)
+    h = torch.addmm(layers[0].bias, x, layers[0].weight_t)
     for layer in layers[1:]:
         pres.append(h)
         inputs.append(F.leaky_relu(h, LEAK))
-        h = torch.addmm(layer.bias, inputs[-1], layer.weight.T)
+        h = torch.addmm(layer.bias, inputs[-1], layer.weight_t)
     return h, inputs, pres
 
 
-def mlp_backward(layers: list[nn.Linear], d_out: Tensor, trace: Trace, weights: bool = True,
+def mlp_backward(layers: list[Layer], d_out: Tensor, trace: Trace, weights: bool = True,
                  d_input: bool = True) -> Tensor | None:
     """Backpropagate ``d_out`` through a `mlp_forward` trace.
 
@@ -82,15 +97,15 @@ def mlp_backward(layers: list[nn.Linear], d_out: Tensor, trace: Trace, weights: 
     _, inputs, pres = trace
     d = d_out
     if weights:
-        torch.sum(d, 0, out=grad_buffer(layers[-1].bias))
+        torch.sum(d, 0, out=grad_buffer(layers[-1].params[1]))
     for k in range(len(layers) - 1, -1, -1):
         if weights:
-            torch.mm(d.T, inputs[k], out=grad_buffer(layers[k].weight))
+            torch.mm(d.T, inputs[k], out=grad_buffer(layers[k].params[0]))
         if k == 0 and not d_input:
             return None
         d = d @ layers[k].weight
         if k:  # the layer below's bias gradient comes out of the same pass
-            bias = grad_buffer(layers[k - 1].bias).numpy() if weights else _NO_SUMS
+            bias = grad_buffer(layers[k - 1].params[1]).numpy() if weights else _NO_SUMS
             kernels.leaky_back_(d.numpy(), pres[k - 1].numpy(), LEAK, bias)
     return d
 
@@ -120,15 +135,15 @@ def manual_update(model: Fades, batch: Batch) -> dict[str, float]:
     with torch.no_grad():
         terms, (d_enc, enc), disc = _main_gradients(model, nets, batch)
         mlp_backward(nets["encoder"], d_enc, enc, d_input=False)
-    optimizer_step(model.optimizer)
-    with torch.no_grad():
+        # D's step reads the main pass's activations, not what the main step moves: its
+        # gradient can come first, and both steps share one kernel call.
         disc_loss = _discriminator_gradients(nets["discriminator"], disc)
-    optimizer_step(model.disc_optimizer)
+    optimizer_step(model.optimizer, model.disc_optimizer)
     return {"loss": model.combine(terms), **terms, "disc": disc_loss}
 
 
 def _main_gradients(
-    model: Fades, nets: dict[str, list[nn.Linear]], batch: Batch,
+    model: Fades, nets: dict[str, list[Layer]], batch: Batch,
 ) -> tuple[dict[str, float], tuple[Tensor, Trace], Trace]:
     """The terms of `Fades.terms`; writes the decoder's and heads' gradients.
 
@@ -177,7 +192,7 @@ def _main_gradients(
     return terms, (d_enc, enc), disc
 
 
-def _add_fairness_gradient(model: Fades, nets: dict[str, list[nn.Linear]], latent: tuple[Tensor, np.ndarray],
+def _add_fairness_gradient(model: Fades, nets: dict[str, list[Layer]], latent: tuple[Tensor, np.ndarray],
                            batch: Batch, d_z: Tensor) -> float:
     """Add λ_fair · d(fair)/dz of `Fades.fairness` (`pair_cmi_parts`) to ``d_z``; return ``fair``.
 
@@ -203,7 +218,7 @@ def _add_fairness_gradient(model: Fades, nets: dict[str, list[nn.Linear]], laten
     return fair
 
 
-def _discriminator_gradients(layers: list[nn.Linear], both: Trace) -> float:
+def _discriminator_gradients(layers: list[Layer], both: Trace) -> float:
     """BCE of D on the real rows and their block-wise permutation; writes D's gradients.
 
     ``both`` is the main pass's trace of D on the real rows, then the permuted ones: the

@@ -9,43 +9,54 @@ of both; `tests/test_core.py` checks it against ``Adam.step`` bit for bit.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
 from torch.optim import optimizer as _torch_optimizer
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
-    """``optimizer.step()``, with a plain fused CPU Adam's step issued directly.
+def optimizer_step(*optimizers: torch.optim.Optimizer) -> None:
+    """``step()`` of each optimizer, with plain fused CPU Adams' steps issued directly.
 
     ``Adam.step`` spends ≈ 0.15 ms per call in Python around its one fused kernel: as
     much as the kernel itself for a probe, paid on every one of a grid's ~10⁵ steps.
     For `strategies.base.make_optimizer`'s Adam this runs the same kernel on the same
     state (``optimizer.state`` initialised as torch does, see `init_states`), so both
     paths give identical parameters; any other optimizer, or one with hooks, takes
-    ``step()``.
+    ``step()``. Parameter groups with the same hyperparameters, of one optimizer or
+    several (FADES' model and discriminator), share one kernel call: the kernel works
+    tensor by tensor, so the result is the same as one call per optimizer.
 
     Parameters
     ----------
-    optimizer : torch.optim.Optimizer
-        The optimizer to step; parameters without a gradient are skipped, as torch does.
+    *optimizers : torch.optim.Optimizer
+        The optimizers to step, each over disjoint parameters; parameters without a
+        gradient are skipped, as torch does.
     """
-    if not _plain_fused_adam(optimizer):
-        optimizer.step()
-        return
-    for group in optimizer.param_groups:
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
+    calls: dict[tuple, list[list[Tensor]]] = {}
+    for optimizer in optimizers:
+        if not _plain_fused_adam(optimizer):
+            optimizer.step()
             continue
-        states = [optimizer.state[p] for p in params]
-        if not all(states):
-            init_states(params, states)
-        steps = [st["step"] for st in states]
-        increment(steps)
-        beta1, beta2 = group["betas"]
-        torch._fused_adam_(params, [p.grad for p in params], [st["exp_avg"] for st in states],
-                           [st["exp_avg_sq"] for st in states], [], steps, amsgrad=False, lr=group["lr"],
-                           beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                           maximize=group["maximize"], grad_scale=None, found_inf=None)
+        for group in optimizer.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [optimizer.state[p] for p in params]
+            if not all(states):
+                init_states(params, states)
+            steps = [st["step"] for st in states]
+            increment(steps)
+            key = (group["lr"], group["betas"], group["weight_decay"], group["eps"], group["maximize"])
+            lists = calls.setdefault(key, [[], [], [], [], []])
+            for out, add in zip(lists, (params, [p.grad for p in params], [st["exp_avg"] for st in states],
+                                        [st["exp_avg_sq"] for st in states], steps), strict=True):
+                out += add
+    for (lr, (beta1, beta2), decay, eps, maximize), (params, grads, avgs, squares, steps) in calls.items():
+        torch._fused_adam_(params, grads, avgs, squares, [], steps, amsgrad=False, lr=lr, beta1=beta1,
+                           beta2=beta2, weight_decay=decay, eps=eps, maximize=maximize, grad_scale=None,
+                           found_inf=None)
 
 
 def init_states(params: list[Tensor], states: list[dict]) -> None:
@@ -63,30 +74,56 @@ def init_states(params: list[Tensor], states: list[dict]) -> None:
         st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+#: The last step-count lists `increment` found to be one whole buffer, with that buffer.
+_WHOLE: list[tuple[list[Tensor], Tensor]] = []
+
+
 def increment(steps: list[Tensor]) -> None:
     """Add 1 to each 0-d step count of ``steps``.
 
     When they are all the elements of one buffer (`init_states`), one in-place add on
     the buffer does it: ``torch._foreach_add_`` on 0-d CPU tensors costs about 3 µs per
     tensor (60 µs a step for FADES' 20 parameters). Any other arrangement (state
-    loaded from a checkpoint, or created by ``Adam.step``) takes ``_foreach_add_``.
+    loaded from a checkpoint, or created by ``Adam.step``) takes ``_foreach_add_``. The
+    last few lists found whole are remembered (holding them, so their identities stay
+    theirs): checking a list against one is a fraction of checking it afresh.
     """
+    for known, base in _WHOLE:
+        if len(known) == len(steps) and all(map(operator.is_, known, steps)):
+            base.add_(1)
+            return
     base = steps[0]._base
     if (base is not None and base.dim() == 1 and base.numel() == len(steps)
             and all(s._base is base for s in steps)
             and len({s.storage_offset() for s in steps}) == len(steps)):
         base.add_(1)
+        _WHOLE.insert(0, (list(steps), base))
+        del _WHOLE[8:]
     else:
         torch._foreach_add_(steps, 1)
 
 
 def _plain_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
-    """A fused, non-AMSGrad, L2-decay Adam on float32 CPU parameters, with no step hooks."""
+    """A fused, non-AMSGrad, L2-decay Adam on float32 CPU parameters, with no step hooks.
+
+    The parameters' dtype and device are checked once per parameter list (some 25 µs a
+    step for FADES): moving a model converts its parameters in place, and the fused
+    kernel then runs on them as ``Adam.step`` would.
+    """
     if type(optimizer) is not torch.optim.Adam or optimizer._optimizer_step_pre_hooks \
             or optimizer._optimizer_step_post_hooks or _torch_optimizer._global_optimizer_pre_hooks \
             or _torch_optimizer._global_optimizer_post_hooks:
         return False
-    return all(g["fused"] and not (g["amsgrad"] or g["capturable"] or g["differentiable"]
+    groups = optimizer.param_groups
+    if not all(g["fused"] and not (g["amsgrad"] or g["capturable"] or g["differentiable"]
                                    or g.get("decoupled_weight_decay", False) or isinstance(g["lr"], Tensor))
-               and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in g["params"])
-               for g in optimizer.param_groups)
+               for g in groups):
+        return False
+    checked = optimizer.__dict__.get("_plain_params", ())
+    if len(checked) == len(groups) and all(lst is g["params"] and n == len(lst)
+                                           for (lst, n), g in zip(checked, groups, strict=True)):
+        return True
+    plain = all(p.dtype == torch.float32 and p.device.type == "cpu" for g in groups for p in g["params"])
+    if plain:
+        optimizer.__dict__["_plain_params"] = tuple((g["params"], len(g["params"])) for g in groups)
+    return plain
