@@ -161,11 +161,13 @@ def _main_gradients(
     _, z_y, z_s, z_r = z.chunk(4, dim=-1)
     dec = mlp_forward(nets["decoder"], z)
     diff = dec[0].sub_(x)  # the decoder's output is not needed past its residual
-    head_y = mlp_forward(nets["head_y"], torch.cat([z_y, z_r], dim=-1))
-    head_s = mlp_forward(nets["head_s"], torch.cat([z_s, z_r], dim=-1))
+    # The heads' inputs are views: [z_y, z_r] leads D's input [z_y, z_r, z_s], and
+    # [z_s, z_r] ends z = [z_x, z_y, z_s, z_r] (the products take strided rows).
+    tc_in = torch.cat([z_y, z_r, z_s], dim=-1)
+    head_y = mlp_forward(nets["head_y"], tc_in[:, :2 * z_y.shape[1]])
+    head_s = mlp_forward(nets["head_s"], z[:, 2 * z_y.shape[1]:])
     # D on the permuted rows too, for its own step: one pass for both, and the permutation
     # drawn before any other draw, as `Fades.update`'s autograd path draws it.
-    tc_in = torch.cat([z_y, z_r, z_s], dim=-1)
     disc = mlp_forward(nets["discriminator"], torch.cat([tc_in, permute_blocks([z_y, z_r, z_s])]))
     tc = _rows(disc, n)
     groups = batch.group.numpy()
