@@ -2,12 +2,13 @@ r"""FADES' update with its gradient written out by hand (`strategies.fades.Fades
 
 The same two steps as autograd on `Fades.terms` / `Fades.discriminator_loss` (tested
 step by step to float round-off, same random draws in the same order): the main step
-on encoder, decoder and heads, then the TC discriminator's. At batch 32 autograd's
+on encoder, decoder and heads, and the TC discriminator's. At batch 32 autograd's
 graph over some 40 small layers and fresh gradient tensors cost about as much as the
 arithmetic. The fairness term (the heads on all :math:`N^2` latent pairs) has its own
-hand-written gradient, `strategies.fades_cmi.pair_cmi_grad`. The GEMMs stay torch's;
+hand-written gradient, `strategies.fades_cmi.pair_cmi_parts`. The GEMMs stay torch's;
 the losses and the latent's bookkeeping between them are compiled kernels
-(`strategies._fades_kernels`), each working in place on a tensor it owns.
+(`strategies._fades_kernels`), each working in place on a tensor it owns. Both steps
+go to torch's fused Adam in one call (`strategies.fused_adam.optimizer_step`).
 
 Every MLP here is Linear, LeakyReLU(`LEAK`), ..., Linear, so one forward that keeps each
 layer's input and pre-activation, and one backward over them, serve them all.

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812
 
@@ -124,6 +125,41 @@ def test_direct_step_counts_skipped_parameters_and_reloaded_state_as_adam_does()
     sa, sb = opts[0].state_dict()["state"], opts[1].state_dict()["state"]
     assert [float(sb[k]["step"]) for k in sorted(sb)] == [20, 20, 13, 13]
     assert all(torch.equal(sa[k]["step"], sb[k]["step"]) for k in sa)
+
+
+@pytest.mark.parametrize("lr", [1e-2, 3e-2])
+def test_direct_step_of_two_optimizers_at_once_equals_their_own_steps(lr):
+    """One call for a model's and a discriminator's optimizers (one kernel call at equal lr)."""
+    from strategies.fused_adam import optimizer_step
+
+    nets, _ = _adam_pair()
+    pairs = [(torch.optim.Adam(n[0].parameters(), lr=1e-2, fused=True),
+              torch.optim.Adam(n[2].parameters(), lr=lr, fused=True)) for n in nets]
+    for i in range(15):
+        x = torch.randn(4, 7, generator=torch.Generator().manual_seed(i))
+        for net, (first, second), together in zip(nets, pairs, (False, True), strict=True):
+            first.zero_grad()
+            second.zero_grad()
+            net(x).pow(2).sum().backward()
+            if together:
+                optimizer_step(first, second)
+            else:
+                first.step()
+                second.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_direct_step_checks_for_hooks_at_every_step():
+    from strategies.fused_adam import optimizer_step
+
+    nets, (opt, _) = _adam_pair()
+    nets[0](torch.ones(1, 7)).sum().backward()
+    optimizer_step(opt)  # the parameters are checked and remembered as plain here
+    calls = []
+    opt.register_step_post_hook(lambda *_: calls.append(1))
+    optimizer_step(opt)
+    assert calls == [1]
 
 
 def test_step_counts_of_one_buffer_advance_together_and_others_one_by_one():

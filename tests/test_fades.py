@@ -227,8 +227,8 @@ def test_split_first_layer_equals_the_head_on_the_pair_grid() -> None:
     assert all(p.grad is None for p in head.parameters())
 
 
-@pytest.mark.parametrize(("n", "classes", "groups"),
-                         [(1, 2, 1), (3, 5, 2), (9, 4, 3), (32, 8, 8), (5, 1, 2), (7, 3, 2), (6, 6, 3), (4, 10, 4)])
+@pytest.mark.parametrize(("n", "classes", "groups"), [(1, 2, 1), (3, 5, 2), (9, 4, 3), (32, 8, 8), (5, 1, 2),
+                                                     (7, 3, 2), (6, 6, 3), (4, 10, 4)])
 @pytest.mark.parametrize("beta", [0.0, 0.5])
 def test_hand_written_cmi_gradient_equals_autograd_on_the_explicit_grid(
     n: int, classes: int, groups: int, beta: float,

@@ -14,7 +14,7 @@ from scipy.special import log_softmax
 from torch.distributions import Normal, kl_divergence
 from torch.nn import functional as F  # noqa: N812
 
-from strategies._fades_kernels import discriminator_bce, l1_sign_, reparameterise, softmax_ce_
+from strategies._fades_kernels import discriminator_bce, l1_sign_, leaky_back_, reparameterise, softmax_ce_
 
 RNG = np.random.default_rng(0)
 
@@ -84,3 +84,17 @@ def test_reparameterise_kl_matches_torch_distributions() -> None:
     want = kl_divergence(Normal(torch.from_numpy(mu), std), Normal(0.0, 1.0)).sum(-1).mean()
     assert abs(got - float(want)) < 1e-5 * float(want)
     np.testing.assert_allclose(z, mu + eps * std.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("sums", [True, False])
+def test_leaky_back_matches_torch_with_the_bias_sums(sums: bool) -> None:
+    # Exact zeros and a NaN in the pre-activation: torch takes the slope unless it is > 0.
+    pre = RNG.standard_normal((6, 5)).astype(np.float32)
+    pre[0, :2], pre[1, 1] = 0.0, np.nan
+    d = RNG.standard_normal((6, 5)).astype(np.float32)
+    want = torch.ops.aten.leaky_relu_backward(torch.from_numpy(d), torch.from_numpy(pre), 0.2, False)
+    bias = np.full(5 if sums else 0, 7.0, np.float32)  # stale values must be overwritten
+    leaky_back_(d, pre, 0.2, bias)
+    np.testing.assert_array_equal(d, want.numpy())
+    if sums:
+        np.testing.assert_allclose(bias, want.sum(0).numpy(), rtol=1e-6)
