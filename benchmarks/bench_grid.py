@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     upd: dict = {}
     kern: dict = {}
     measured = {"unified": out["lockstep_s"]} | {
-        m: timed(lambda m=m: fit(m, data, c, n_dom, get_method(m).config_cls()), 1)[0]
+        m: timed(lambda m=m: fit(m, data, c, n_dom, get_method(m).config_cls()), args.repeats)[0]
         for m in paper["study"]["methods"] if m != "unified" and ls.supports_lockstep(get_method(m))}
     out["methods"] = method_rows(paper["study"]["methods"], data, c, data.x.shape[1], out["gemm_gflops"],
                                  lean, measured, folds, upd, kern)
