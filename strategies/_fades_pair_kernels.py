@@ -8,7 +8,9 @@ the two halves is torch's (vectorised exp; numba's is a scalar call per element)
 
 The logits take two pairs and up to four classes per pass over the hidden units: one
 load of each weight serves both pairs, and the eight sums are independent chains, where
-one sum per pass waits on its own previous add (about 1.4× faster for K = 4 or 8).
+one sum per pass waits on its own previous add (1.1–1.3× faster at K = 4 and 8). With
+torch's softmax and vectorised logit gradients, the pair step for both heads of a
+batch-32 update went from 489 to 398 µs.
 
 A module of its own, compiled on a FADES model's first update: numba is not loaded by
 processes that never train one.

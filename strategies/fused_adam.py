@@ -48,7 +48,7 @@ def optimizer_step(*optimizers: torch.optim.Optimizer) -> None:
                 init_states(params, states)
             steps = [st["step"] for st in states]
             increment(steps)
-            key = (group["lr"], group["betas"], group["weight_decay"], group["eps"], group["maximize"])
+            key = (group["lr"], tuple(group["betas"]), group["weight_decay"], group["eps"], group["maximize"])
             lists = calls.setdefault(key, [[], [], [], [], []])
             for out, add in zip(lists, (params, [p.grad for p in params], [st["exp_avg"] for st in states],
                                         [st["exp_avg_sq"] for st in states], steps), strict=True):
