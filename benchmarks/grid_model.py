@@ -16,7 +16,8 @@ from strategies import load_all
 from strategies import lockstep as ls
 from strategies.base import REGISTRY, Batch, MethodConfig, TaskSpec
 from strategies.core import ArrayData, make_spec
-from strategies.stacked import train_stacked
+from strategies.lockstep_update import SegmentAdam
+from strategies.stacked import StackedAdam, train_stacked
 
 #: Feature width of each paper FM.
 DIMS = {"mammoclip": 2048, "medclip": 512, "gloria": 2048, "clip": 512, "dinov2": 384}
@@ -185,7 +186,8 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
     For every weight matrix W (out × in) of the method: the forward GEMM of a batch, the
     weight-gradient GEMM and, unless the matrix reads the features themselves (``in ==
     dim``), the input-gradient GEMM that carries the gradient to the layer below; then
-    one fused Adam update of all its parameters. No autograd, no loss, no activations: what
+    one Adam update of all its parameters (`strategies.stacked.StackedAdam`'s compiled
+    call, faster than torch's fused Adam). No autograd, no loss, no activations: what
     any implementation of one step of the method must at least run, measured on this
     machine (small-batch GEMMs and the optimizer's memory traffic, which a FLOP count
     misses). Given the GEMM rate ``gflops``, method-specific products on all N² pairs of
@@ -194,20 +196,20 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
     """
     cls = REGISTRY[name]
     torch.manual_seed(0)
-    params = [p.detach() for p in cls(TaskSpec(dim, n_classes, 8, (1.0,) * n_classes),
-                                       cls.config_cls()).parameters()]
-    mats = [p.reshape(-1, p.shape[-1]) for p in params if p.dim() >= 2]
+    model = cls(TaskSpec(dim, n_classes, 8, (1.0,) * n_classes), cls.config_cls())
+    # One run of the stacked engine's Adam (one compiled call, the parameters in one flat
+    # buffer, each on its own cache line): the fastest Adam this project has.
+    adam = StackedAdam({str(i): p.detach()[None] for i, p in enumerate(model.parameters())}, (1e-3,), 0.0)
+    for g in adam.grads.values():
+        g.copy_(torch.randn_like(g) * 1e-3)
+    # The weight gradients go where Adam reads them, as a real step's do.
+    mats, dws = ([t[k][0].reshape(-1, t[k].shape[-1]) for k in adam.params if adam.params[k].dim() >= 3]
+                 for t in (adam.params, adam.grads))
     xs = [torch.randn(bs, w.shape[1]) for w in mats]
-    gs = [torch.randn(bs, w.shape[0]) for w in mats]
-    outs, dws = [torch.empty(bs, w.shape[0]) for w in mats], [torch.empty_like(w) for w in mats]
+    gs = [torch.randn(bs, w.shape[0]) * 1e-3 for w in mats]
+    outs = [torch.empty(bs, w.shape[0]) for w in mats]
     # A matrix that reads the features passes no gradient on: the features are frozen.
     backs = [(g, w, torch.empty(bs, w.shape[1])) for w, g in zip(mats, gs, strict=True) if w.shape[1] != dim]
-    grads = [torch.randn_like(p) * 1e-3 for p in params]
-    ms, vs = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
-    # One count serves every parameter: they all take every step (a real run keeps one per
-    # parameter in one buffer, `strategies.fused_adam.increment`, at the same cost).
-    count = torch.zeros(())
-    counts = [count] * len(params)
 
     def step() -> None:
         for w, x, g, o, dw in zip(mats, xs, gs, outs, dws, strict=True):
@@ -215,9 +217,7 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
             torch.mm(g.T, x, out=dw)
         for g, w, dx in backs:
             torch.mm(g, w, out=dx)
-        count.add_(1.0)
-        torch._fused_adam_(params, grads, ms, vs, [], counts, lr=1e-3, beta1=0.9, beta2=0.999,
-                           weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+        adam.step()
 
     pairs = pair_flops(name, dim, n_classes, bs) / (gflops * 1e9) if gflops else 0.0
     return _per_call(step, steps) + pairs
@@ -238,7 +238,8 @@ def stacked_kernel_seconds(dim: int, width: int, bs: int, folds: int, lrs: int, 
 
     ``folds`` × ``lrs`` runs of a ``width``-row linear map over ``dim`` features (+ bias)
     advance together: per fold, the forward product of its batch with its lrs' maps and
-    the weight-gradient product, then one fused Adam update of every run's parameters.
+    the weight-gradient product, then one Adam update of every run's parameters (the
+    compiled `strategies.lockstep_update.SegmentAdam`, as the engine runs it).
     Every run must make its own update at every step, so this bounds the step however
     the runs are arranged (no gather, loss or Python; numpy's BLAS, the faster at these
     shapes, as `strategies.lockstep` uses).
@@ -246,18 +247,17 @@ def stacked_kernel_seconds(dim: int, width: int, bs: int, folds: int, lrs: int, 
     rng = np.random.default_rng(0)
     rows = width * lrs
     q = torch.from_numpy(rng.standard_normal((folds, rows, dim + 1), dtype=np.float32) * 1e-2)
-    g, m, v = torch.randn_like(q) * 1e-3, torch.zeros_like(q), torch.zeros_like(q)
+    adam = SegmentAdam(q, [(0, q.numel(), 1.0)])
+    adam.g.copy_(torch.randn_like(q) * 1e-3)
     xb = rng.standard_normal((folds, bs, dim + 1), dtype=np.float32)
     dz = rng.standard_normal((folds, rows, bs), dtype=np.float32)
     z = np.empty((folds, rows, bs), np.float32)
-    qn, gn, count = q.numpy(), g.numpy(), torch.zeros(())
+    qn, gn = q.numpy(), adam.g.numpy()
 
     def step() -> None:
         np.matmul(qn, xb.transpose(0, 2, 1), out=z)
         np.matmul(dz, xb, out=gn)
-        count.add_(1.0)
-        torch._fused_adam_([q], [g], [m], [v], [], [count], lr=1e-3, beta1=0.9, beta2=0.999,
-                           weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+        adam.step()
 
     with threadpool_limits(limits=1, user_api="blas"):
         return _per_call(step, steps)

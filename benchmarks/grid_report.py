@@ -38,7 +38,7 @@ def _probe_part(r: dict) -> list[str]:
         f"configuration and fold (`benchmarks/baseline_grid.py`, median of {r['baseline_repeats']}); "
         f"lockstep: median of {r['repeats']}; the two alternate, and the speed-up is the median of "
         f"the ratios of runs side by side. Step floor: {r['sequential_steps']:,} sequential "
-        "optimizer steps × one lean fused update of a single probe, measured in the same run. "
+        "optimizer steps × one lean update of a single probe, measured in the same run. "
         f"fp32 GEMM rate (2048², one thread): {r['gemm_gflops']:.0f} GFLOP/s.", "",
         "| what | seconds | ratio |", "|---|---|---|",
         f"| baseline: DataLoader loop per config and fold + retrain | {r['baseline_s']:.1f} | 1.0 |",
@@ -62,7 +62,8 @@ def _methods_part(r: dict) -> list[str]:
         "method's linear map; kernel floor: every run's steps × the "
         "method's unavoidable kernels per step — the forward and weight-gradient GEMM of each "
         "weight matrix at that batch size, the input-gradient GEMM of each one not reading the "
-        "features, plus one fused Adam update of all its parameters, issued back to back and "
+        "features, plus one Adam update of all its parameters (the compiled one of the stacked "
+        "engines, faster than torch's fused Adam), issued back to back and "
         "measured here; FADES's heads on all N² latent pairs (each head's second layer forward "
         "and input gradient on N² rows with K − 1 outputs, its split first layer on N rows) are "
         "added to both the FLOP time and the kernel floor at the GEMM rate, no faster than any "

@@ -5,7 +5,8 @@ frozen features each probe is tiny, so the per-config path (`strategies.core.tra
 spends its time in Python and optimiser overhead, one step at a time. Here the 9 runs
 that share a batch size advance together: their weights are one stacked tensor, a step
 is one gathered minibatch per fold, two batched matmuls (forward and the analytic
-gradient of the weighted cross-entropy) and one fused Adam update for all runs.
+gradient of the weighted cross-entropy) and one compiled Adam update for all runs
+(`strategies.lockstep_update`).
 
 The result is the per-config path's computation, not an approximation of it: the same
 folds, initial weights (drawn as `train` draws them), per-epoch permutations (one
@@ -16,7 +17,7 @@ fold's three learning rates share one gathered minibatch and one matmul.
 
 The learning rate is folded into the parameterisation: the optimiser updates
 :math:`Q = P / \eta` with unit learning rate, which moves :math:`P = \eta Q` by exactly
-Adam's (or SGD's) step at learning rate :math:`\eta`. That lets one fused update serve
+Adam's (or SGD's) step at learning rate :math:`\eta`. That lets one update at one rate serve
 runs with different learning rates.
 
 A method opts in with the class attribute ``lockstep = True`` (set on the class itself,

@@ -5,10 +5,10 @@ one fold and batch size differ only in their learning rate: they start from the 
 weights and see the same minibatches. Here they train together: each parameter and
 buffer is one tensor with a leading run axis (L learning rates), a step is one gathered
 minibatch, one call of the method's stacked gradient (batched matmuls over the runs,
-the first layer's products sharing the batch) and one fused Adam update per learning
-rate. A step of these methods costs some fifty small operations whose Python and
-dispatch overhead at batch 8–32 rivals their arithmetic; stacked, it is paid once for
-L runs. (Stacking the folds as well was slower on a 2-core machine: nine runs' weights
+the first layer's products sharing the batch) and one compiled Adam update of every run
+(`StackedAdam`). A step of these methods costs some fifty small operations whose Python
+and dispatch overhead at batch 8–32 rivals their arithmetic; stacked, it is paid once
+for L runs. (Stacking the folds as well was slower on a 2-core machine: nine runs' weights
 and Adam moments no longer stay in cache between steps.)
 
 The runs are the per-config path's (`strategies.core.train`): the same initial weights
@@ -44,7 +44,7 @@ from torch import Tensor
 
 from strategies.base import Method, MethodConfig, TaskSpec, get_method, seed_torch
 from strategies.core import ArrayData, HParams, make_spec, predict
-from strategies.fused_adam import increment
+from strategies.lockstep_update import SegmentAdam
 
 StepFn = Callable[[Method, dict[str, Tensor], dict[str, Tensor], "StackedBatch"], "tuple[str, ...] | None"]
 
@@ -118,7 +118,8 @@ def _train_stacked(cls: type[Method], data: ArrayData, spec: TaskSpec, config: M
     model = cls(spec, config)
     state = {k: _stack(v, len(lrs)) for k, v in model.state_dict().items()}
     names = [n for n, _ in model.named_parameters()]
-    adam = _StackedAdam({k: state[k] for k in names}, lrs, config.weight_decay)
+    adam = StackedAdam({k: state[k] for k in names}, lrs, config.weight_decay)
+    state |= adam.params  # the parameters live in the optimizer's flat buffer from here on
     x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
     y = torch.from_numpy(data.y.astype(np.int64))
     group = torch.from_numpy(data.group_index(config.sensitive).astype(np.int64))
@@ -187,30 +188,43 @@ def _unstack(t: Tensor, j: int) -> Tensor:
     return (t[j].T if t.dim() == 3 else t[j]).clone()
 
 
-class _StackedAdam:
-    """torch's fused Adam on stacked runs, one call per learning rate (all runs step together).
+#: Floats in a 64-byte cache line.
+_ALIGN = 16
 
-    Each parameter keeps its own step count: a step that leaves some without a gradient
-    (FairDisCO's projection head on a one-row batch) skips them, as ``torch.optim.Adam``
-    skips parameters whose ``grad`` is None.
+
+class StackedAdam:
+    """Adam on stacked runs: each run's slice of each parameter is a segment of one flat buffer.
+
+    One compiled call (`strategies.lockstep_update.SegmentAdam`) updates every run at its
+    own learning rate. ``params`` and ``grads`` map the parameters' names to views of the
+    flat buffers, the layout (L, ...) the stacked steps use. Each segment keeps its own
+    step count: a step that leaves some parameters without a gradient (FairDisCO's
+    projection head on a one-row batch) skips them, as ``torch.optim.Adam`` skips
+    parameters whose ``grad`` is None.
     """
 
     def __init__(self, params: dict[str, Tensor], lrs: tuple[float, ...], weight_decay: float) -> None:
-        self.lrs, self.weight_decay = lrs, weight_decay
-        self.grads = {k: torch.zeros_like(p) for k, p in params.items()}
-        moments = [{k: torch.zeros_like(p) for k, p in params.items()} for _ in range(2)]
-        # Views of one buffer: `increment` advances them all with one add when none is skipped.
-        self.counts = dict(zip(params, torch.zeros(len(params)).unbind(), strict=True))
-        # Each learning rate's views, made once: indexing them anew costs a microsecond each.
-        self.views = [{k: tuple(t[k][j] for t in (params, self.grads, *moments)) for k in params}
-                      for j in range(len(lrs))]
+        runs = len(lrs)
+        sizes = [p.numel() for p in params.values()]
+        # Each parameter starts on a 64-byte line, as a tensor of its own would: MKL's
+        # products on a misaligned weight or gradient ran up to a fifth slower.
+        offsets = np.cumsum([0, *(-(-n // _ALIGN) * _ALIGN for n in sizes)]).tolist()
+        segments = [(o + j * (n // runs), n // runs, lr)
+                    for o, n in zip(offsets, sizes, strict=False) for j, lr in enumerate(lrs)]
+        flat = torch.zeros(offsets[-1])
+        for p, o in zip(params.values(), offsets, strict=False):
+            flat[o : o + p.numel()] = p.reshape(-1)
+        self.adam = SegmentAdam(flat, segments, weight_decay)
+        self.params, self.grads = ({k: t[o : o + p.numel()].view(p.shape)
+                                    for (k, p), o in zip(params.items(), offsets, strict=False)}
+                                   for t in (self.adam.p, self.adam.g))
+        self.runs = runs
+        self._active: dict[tuple[str, ...], np.ndarray] = {(): self.adam.every}
 
     def step(self, skip: tuple[str, ...] = ()) -> None:
         """Every run's update with its own learning rate, except for the parameters in ``skip``."""
-        names = [k for k in self.counts if k not in skip]
-        counts = [self.counts[k] for k in names]
-        increment(counts)
-        for lr, views in zip(self.lrs, self.views, strict=True):
-            torch._fused_adam_(*([views[k][i] for k in names] for i in range(4)), [], counts, amsgrad=False,
-                               lr=lr, beta1=0.9, beta2=0.999, weight_decay=self.weight_decay, eps=1e-8,
-                               maximize=False, grad_scale=None, found_inf=None)
+        active = self._active.get(skip)
+        if active is None:
+            keep = np.array([k not in skip for k in self.params]).repeat(self.runs)
+            active = self._active[skip] = self.adam.every[keep]
+        self.adam.step(active)
