@@ -17,7 +17,7 @@ correction, then :math:`m` by the denominator), and on this machine those divisi
 memory, set its pace. Here :math:`\sqrt{v}` is multiplied by the correction's reciprocal
 instead: one division per element, the same update up to a rounding of the denominator.
 Measured against ``torch._fused_adam_`` on one core: 0.51 vs 0.77 ns per parameter on a
-lockstep search's 74 k parameters (cache-resident), 0.63 vs 0.72 on a stacked DANN's
+lockstep search's 74 k parameters (cache-resident), 0.63 vs 0.71 on a stacked DANN's
 1.6 M, where memory traffic takes over.
 
 A module of its own, compiled on first use: processes that never train stacked runs (a

@@ -90,11 +90,12 @@ class StackedUpdate:
         segments = [(0, q.numel(), 1.0)] if in_step else [(i * per, per, 1.0) for i in range(f)]
         self.adam = SegmentAdam(q, segments)
         self.g = self.adam.g
-        self.firsts = [self.adam.every] if in_step else [self.adam.every[:k] for k in range(f + 1)]
+        # The segments of the first k folds, for each k (a whole-buffer segment: always it).
+        self.firsts = [self.adam.every if in_step else self.adam.every[:k] for k in range(f + 1)]
 
     def __call__(self, k: int) -> None:
         """Update the first ``k`` folds (the ones active at this step)."""
         if self.kind == "sgd":
             self.q[:k].sub_(self.g[:k])
         else:
-            self.adam.step(self.firsts[0] if len(self.firsts) == 1 else self.firsts[k])
+            self.adam.step(self.firsts[k])
