@@ -10,9 +10,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
-from torch import nn
+from torch import Tensor, nn
 
-from strategies import load_all
+from strategies import base, load_all
 from strategies import lockstep as ls
 from strategies.base import REGISTRY, Batch, MethodConfig, TaskSpec
 from strategies.core import ArrayData, make_spec
@@ -190,7 +190,8 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
     call, faster than torch's fused Adam). No autograd, no loss, no activations: what
     any implementation of one step of the method must at least run, measured on this
     machine (small-batch GEMMs and the optimizer's memory traffic, which a FLOP count
-    misses). Given the GEMM rate ``gflops``, method-specific products on all N² pairs of
+    misses). Each matrix is in the memory order training keeps it in (`_ordered`), the
+    faster one for its products. Given the GEMM rate ``gflops``, method-specific products on all N² pairs of
     a batch (`pair_flops`) are added at that rate, no faster than any implementation
     could run them; without it they are left out.
     """
@@ -203,8 +204,8 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
     for g in adam.grads.values():
         g.copy_(torch.randn_like(g) * 1e-3)
     # The weight gradients go where Adam reads them, as a real step's do.
-    mats, dws = ([t[k][0].reshape(-1, t[k].shape[-1]) for k in adam.params if adam.params[k].dim() >= 3]
-                 for t in (adam.params, adam.grads))
+    mats, dws = ([_ordered(t[k][0].reshape(-1, t[k].shape[-1]), dim) for k in adam.params
+                  if adam.params[k].dim() >= 3] for t in (adam.params, adam.grads))
     xs = [torch.randn(bs, w.shape[1]) for w in mats]
     gs = [torch.randn(bs, w.shape[0]) * 1e-3 for w in mats]
     outs = [torch.empty(bs, w.shape[0]) for w in mats]
@@ -221,6 +222,19 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
 
     pairs = pair_flops(name, dim, n_classes, bs) / (gflops * 1e9) if gflops else 0.0
     return _per_call(step, steps) + pairs
+
+
+def _ordered(w: Tensor, dim: int) -> Tensor:
+    """``w`` (out × in) in the memory order a step's products run fastest in.
+
+    A wide matrix reading the features is laid out (in, out), as
+    `strategies.base.input_major_` stores it for training: the same buffer, read as its
+    transpose (the values do not matter here). Others stay (out, in).
+    """
+    out, inp = w.shape
+    if inp != dim or out < base.MIN_INPUT_MAJOR:
+        return w
+    return w.reshape(-1).view(inp, out).T
 
 
 def _per_call(step: Callable[[], None], steps: int) -> float:

@@ -109,6 +109,7 @@ class Method(nn.Module):
 
     def configure_optimizer(self, lr: float) -> None:
         """Create the optimiser named by the config once the modules exist."""
+        input_major_(self, self.spec.in_dim)
         self.optimizer = make_optimizer(self.parameters(), self.config, lr)
 
     def begin_epoch(self, progress: float) -> None:
@@ -163,6 +164,30 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, row_weight: Tensor) ->
     # scatter_add_ rather than indexed assignment: fewer ops, as this runs every step.
     grad = log_p.exp_().scatter_add_(1, t1, torch.full_like(picked, -1.0))
     return loss, grad.mul_(row_weight[:, None])
+
+
+#: Outputs from which `input_major_` pays (measured at batch 8–32, 512- and 2048-wide inputs).
+MIN_INPUT_MAJOR = 64
+
+
+def input_major_(module: nn.Module, in_dim: int) -> None:
+    """Store the weight of each wide Linear that reads the features (``in_dim`` inputs) as (in, out).
+
+    The parameter keeps its (out, in) shape and values; only its memory order changes,
+    so ``x @ weight.T`` is a plain product. torch's CPU GEMM runs that product 1.5–2.7×
+    faster at batch 8–32 than on an (out, in)-ordered weight (e.g. 100 against 275 µs
+    for 32 × 2048 → 128 on one thread), and the weight gradient no slower, from 64
+    outputs up (`MIN_INPUT_MAJOR`; a narrow probe's products run faster as they are).
+    The layout's cost falls on the input gradient ``d @ weight``, which a layer reading
+    frozen features never needs. Gradients and Adam's moments follow the parameter's
+    strides (autograd and ``zeros_like`` keep them; `strategies.fused_adam` runs them
+    in memory order), and state dicts load and serialise through copies, so nothing
+    else sees the change. Applied before the optimiser exists; a second call is a no-op.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear) and layer.in_features == in_dim \
+                and layer.out_features >= MIN_INPUT_MAJOR and layer.weight.is_contiguous():
+            layer.weight.data = layer.weight.data.t().contiguous().t()
 
 
 def grad_buffer(p: Tensor) -> Tensor:

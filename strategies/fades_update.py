@@ -8,7 +8,7 @@ arithmetic. The fairness term (the heads on all :math:`N^2` latent pairs) has it
 hand-written gradient, `strategies.fades_cmi.pair_cmi_parts`. The GEMMs stay torch's;
 the losses and the latent's bookkeeping between them are compiled kernels
 (`strategies._fades_kernels`), each working in place on a tensor it owns. Both steps
-go to torch's fused Adam in one call (`strategies.fused_adam.optimizer_step`).
+go to the compiled Adam of `strategies.flat_adam.FlatAdam`.
 
 Every MLP here is Linear, LeakyReLU(`LEAK`), ..., Linear, so one forward that keeps each
 layer's input and pre-activation, and one backward over them, serve them all.
@@ -137,7 +137,7 @@ def manual_update(model: Fades, batch: Batch) -> dict[str, float]:
         terms, (d_enc, enc), disc = _main_gradients(model, nets, batch)
         mlp_backward(nets["encoder"], d_enc, enc, d_input=False)
         # D's step reads the main pass's activations, not what the main step moves: its
-        # gradient can come first, and both steps share one kernel call.
+        # gradient can come first, and both steps follow in one `optimizer_step`.
         disc_loss = _discriminator_gradients(nets["discriminator"], disc)
     optimizer_step(model.optimizer, model.disc_optimizer)
     return {"loss": model.combine(terms), **terms, "disc": disc_loss}
