@@ -87,22 +87,44 @@ def _adam_pair(weight_decay=1e-3):
     return nets, opts
 
 
-def test_direct_fused_adam_step_equals_adam_step_exactly():
+def _step_pair(nets, opts, steps: int, shape: tuple[int, int]) -> None:
+    """The same steps on both nets: ``Adam.step`` on the first, `optimizer_step` on the second."""
     from strategies.fused_adam import optimizer_step
 
-    nets, opts = _adam_pair()
-    for i in range(25):
-        x = torch.randn(4, 7, generator=torch.Generator().manual_seed(i))
+    for i in range(steps):
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(i))
         for net, opt, step in zip(nets, opts, (lambda o: o.step(), optimizer_step), strict=True):
             opt.zero_grad()
             net(x).pow(2).sum().backward()
             step(opt)
     for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_direct_fused_adam_step_equals_adam_step_exactly():
+    nets, opts = _adam_pair()
+    _step_pair(nets, opts, 25, (4, 7))
     sa, sb = opts[0].state_dict(), opts[1].state_dict()
     for k in sa["state"]:
         for name in ("step", "exp_avg", "exp_avg_sq"):
             assert torch.equal(sa["state"][k][name], sb["state"][k][name])
+
+
+def test_direct_step_on_input_major_weights_equals_adam_step_exactly():
+    """A weight stored (in, out) (`input_major_`): the kernel runs on its memory order."""
+    from strategies.base import input_major_
+
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        nets.append(torch.nn.Sequential(torch.nn.Linear(96, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3)))
+        input_major_(nets[-1], 96)
+    opts = [torch.optim.Adam(n.parameters(), lr=1e-2, weight_decay=1e-3, fused=True) for n in nets]
+    _step_pair(nets, opts, 15, (8, 96))
+    weight = nets[1][0].weight
+    state = opts[1].state[weight]
+    assert weight.grad.stride() == state["exp_avg"].stride() == state["exp_avg_sq"].stride() == (1, 64)
+    assert torch.equal(opts[0].state[nets[0][0].weight]["exp_avg_sq"], state["exp_avg_sq"])
 
 
 def test_direct_step_counts_skipped_parameters_and_reloaded_state_as_adam_does():

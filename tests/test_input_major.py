@@ -11,7 +11,6 @@ import strategies.base as base
 from client.payload import load_record, numpy_record
 from strategies import load_all
 from strategies.base import REGISTRY, Batch, TaskSpec, input_major_
-from strategies.fused_adam import optimizer_step
 
 DIM = 96
 
@@ -32,25 +31,6 @@ def test_only_wide_layers_reading_the_features_change_order_not_values():
     ptr = net[0].weight.data_ptr()
     input_major_(net, DIM)  # a second call keeps the tensor
     assert net[0].weight.data_ptr() == ptr
-
-
-def test_direct_step_on_input_major_weights_equals_adam_step_exactly():
-    nets = [_net(), _net()]
-    for net in nets:
-        input_major_(net, DIM)
-    opts = [torch.optim.Adam(n.parameters(), lr=1e-2, weight_decay=1e-3, fused=True) for n in nets]
-    for i in range(15):
-        x = torch.randn(8, DIM, generator=torch.Generator().manual_seed(i))
-        for net, opt, step in zip(nets, opts, (lambda o: o.step(), optimizer_step), strict=True):
-            opt.zero_grad()
-            net(x).pow(2).sum().backward()
-            step(opt)
-    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
-        assert torch.equal(a, b)
-    weight = nets[1][0].weight
-    state = opts[1].state[weight]
-    assert weight.grad.stride() == state["exp_avg"].stride() == state["exp_avg_sq"].stride() == (1, 64)
-    assert torch.equal(opts[0].state[nets[0][0].weight]["exp_avg_sq"], state["exp_avg_sq"])
 
 
 @pytest.mark.parametrize("name", ["dann", "fairdisco", "fades", "unified"])
