@@ -191,9 +191,9 @@ def kernel_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 10
     any implementation of one step of the method must at least run, measured on this
     machine (small-batch GEMMs and the optimizer's memory traffic, which a FLOP count
     misses). Each matrix is in the memory order training keeps it in (`_ordered`), the
-    faster one for its products. Given the GEMM rate ``gflops``, method-specific products on all N² pairs of
-    a batch (`pair_flops`) are added at that rate, no faster than any implementation
-    could run them; without it they are left out.
+    faster one for its products. Given the GEMM rate ``gflops``, method-specific
+    products on all N² pairs of a batch (`pair_flops`) are added at that rate, no faster
+    than any implementation could run them; without it they are left out.
     """
     cls = REGISTRY[name]
     torch.manual_seed(0)

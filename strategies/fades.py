@@ -160,7 +160,7 @@ class Fades(Method):
     def configure_optimizer(self, lr: float) -> None:
         """One Adam for encoder, decoder and heads, a second for the discriminator.
 
-        On float32 CPU parameters both are `FlatAdam` (a fifth of the update was torch's
+        On float32 CPU parameters both are `FlatAdam` (a sixth of the update was torch's
         Adam); the parameters then move into its buffers, so the update's cached views
         of them are dropped.
         """

@@ -1,7 +1,7 @@
 """Adam over a model's own parameters moved into one flat buffer: `FlatAdam`.
 
 torch's fused CPU Adam costs about 0.9 ns per parameter and step on FADES' 0.63 M
-parameters, plus some 0.1 ms of Python around it: a fifth of FADES' update. The
+parameters, plus some 0.1 ms of Python around it: about a sixth of FADES' update. The
 compiled segment Adam of the stacked engines (`strategies.lockstep_update.SegmentAdam`)
 does the same update in one call, up to the rounding of its denominator, at about
 0.6 ns; it needs the parameters, gradients and moments in flat buffers, which this
