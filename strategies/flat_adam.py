@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from strategies.fused_adam import transposed
 from strategies.stacked import StackedAdam
 
 
@@ -22,7 +23,7 @@ def _memory_order(p: Tensor) -> tuple[Tensor, bool]:
     """``p`` as a contiguous tensor of its elements in memory order, and whether it is ``p.T``."""
     if p.is_contiguous():
         return p.detach(), False
-    if p.dim() == 2 and p.t().is_contiguous():  # an input-major weight (`strategies.base.input_major_`)
+    if transposed(p):
         return p.detach().t(), True
     raise ValueError(f"FlatAdam takes contiguous or transposed parameters, got strides {p.stride()}")
 

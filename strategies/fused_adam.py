@@ -66,6 +66,11 @@ def optimizer_step(*optimizers: torch.optim.Optimizer) -> None:
                            found_inf=None)
 
 
+def transposed(p: Tensor) -> bool:
+    """Whether ``p`` is a 2-D tensor stored as its transpose (`strategies.base.input_major_`)."""
+    return p.dim() == 2 and not p.is_contiguous() and p.t().is_contiguous()
+
+
 def _dense(*lists: list[Tensor]) -> tuple[list[Tensor], ...]:
     """Parameters, gradients and moments as views the fused kernel runs at full speed.
 
@@ -75,8 +80,7 @@ def _dense(*lists: list[Tensor]) -> tuple[list[Tensor], ...]:
     memory order, so the update is the same.
     """
     for i, p in enumerate(lists[0]):
-        if not p.is_contiguous() and p.dim() == 2 and p.t().is_contiguous() \
-                and all(lst[i].stride() == p.stride() for lst in lists[1:]):
+        if transposed(p) and all(lst[i].stride() == p.stride() for lst in lists[1:]):
             for lst in lists:
                 lst[i] = lst[i].t()
     return lists
