@@ -230,10 +230,10 @@ def grid_estimate(paper: dict, site_sizes: list[int], n: int, c: int, k: dict[st
     ``bound_min``: every row at its bound (max of FLOP time, step floor and, for per-config
     methods, kernel floor at that FM's width) — the least time this machine allows.
     Both tasks are assumed to have this task's row counts (they differ by a few %).
-    ``models_s``: each model's seconds in the order `fedmammo pooled` trains them.
+    ``pairs_s``: each FM × task's models' seconds, pairs and models in the grid's order.
     """
     total = {"lockstep": 0.0, "stacked": 0.0, "per-config": 0.0, "bound": 0.0}
-    models: list[float] = []
+    pairs: list[list[float]] = []
     config = get_method("unified").config_cls()
     for fm in paper["study"]["fms"]:
         dim = DIMS[fm]
@@ -242,32 +242,41 @@ def grid_estimate(paper: dict, site_sizes: list[int], n: int, c: int, k: dict[st
         sizes = site_sizes if paper["study"].get("individual") else []
         floors = [step_floor(config, [2 * size // 3] * 3, size, 16, dim, c, lean)[1] for size in sizes]
         for _ in paper["study"]["tasks"]:
+            pair = []
             for floor in floors:
                 total["lockstep"] += floor * k["unified"]
                 total["bound"] += floor
-                models.append(floor * k["unified"])
+                pair.append(floor * k["unified"])
             for r in rows:
                 path = r["path"].split(" ")[0]
                 seconds = r["floor_s"] * k[r["method"]] if path == "lockstep" else r["seconds"]
                 total[path] += seconds
                 total["bound"] += max(r["flop_s"], r["floor_s"], r["kernel_s"])
-                models.append(seconds)
+                pair.append(seconds)
+            pairs.append(pair)
     bound = total.pop("bound")
     return {k_: v / 60 for k_, v in total.items()} | {"total_min": sum(total.values()) / 60,
-                                                      "bound_min": bound / 60, "models_s": models}
+                                                      "bound_min": bound / 60, "pairs_s": pairs}
 
 
 def on_workers(grid: dict, c: int) -> dict:
     """The grid's minutes on one worker process per core (`fedmammo pooled --jobs 0`).
 
-    Models are handed out in the grid's order to whichever worker frees first, each
-    slowed by the factor measured here with one FairDisCO update loop (the largest share
-    of the grid) per core at once, on warm workers; plus each worker's start-up.
+    Models are handed out as `sim.parallel` hands them out (FM × task pairs in the grid's
+    order, each pair's largest model first; it ranks them by samples seen × parameters,
+    here by their estimated seconds) to whichever worker frees first, each slowed by the
+    factor measured here with one FairDisCO update loop (the largest share of the grid)
+    per core at once, on warm workers; plus each worker's start-up. ``grid_order_min``:
+    the same with every model handed out in the grid's plain order.
     """
     workers = resolve_workers(0)
     slowdown, startup = parallel_slowdown(warm_update_seconds, ("fairdisco", 2048, c, 16), workers)
-    wall = startup + makespan([t * slowdown for t in grid["models_s"]], workers)
-    return {"workers": workers, "slowdown": slowdown, "worker_startup_s": startup, "parallel_min": wall / 60}
+
+    def wall(order: Callable[[list[float]], list[float]]) -> float:
+        return (startup + makespan([t * slowdown for p in grid["pairs_s"] for t in order(p)], workers)) / 60
+
+    return {"workers": workers, "slowdown": slowdown, "worker_startup_s": startup,
+            "parallel_min": wall(lambda p: sorted(p, reverse=True)), "grid_order_min": wall(list)}
 
 
 if __name__ == "__main__":

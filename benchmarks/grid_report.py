@@ -90,10 +90,11 @@ def _grid_part(g: dict) -> list[str]:
             f"{g['lockstep']:.1f} min in lockstep rows (Individual, Unified, GroupDRO, MOE), "
             f"{g['stacked']:.0f} min in DANN and FairDisCO (search stacked by learning rate, "
             f"retrain a single stacked run) and {g['per-config']:.0f} min in FADES (one run, no search). On "
-            f"{g['workers']} worker processes (`fedmammo pooled --jobs 0`; models handed out in the "
-            f"grid's order, each {g['slowdown']:.2f}× slower beside another once warm, "
+            f"{g['workers']} worker processes (`fedmammo pooled --jobs 0`; each FM × task's models "
+            f"handed out largest first, each {g['slowdown']:.2f}× slower beside another once warm, "
             f"{g['worker_startup_s']:.1f} s start-up per worker): **{g['parallel_min']:.0f} minutes** "
-            "(target ≤ 60 min on 2 cores).", "",
+            f"({g['grid_order_min']:.0f} with the models handed out in the grid's plain order; "
+            "target ≤ 60 min on 2 cores).", "",
             f"The same grid with every row at its bound (FLOP time, step floor or kernel floor at each "
             f"FM's width, whichever is largest): **{g['bound_min']:.0f} minutes** on one core, "
             f"{g['bound_min'] / 2:.0f} on two with perfect scaling — the least this machine allows "

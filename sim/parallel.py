@@ -25,8 +25,9 @@ from threadpoolctl import threadpool_limits
 
 from client.feature_store import SiteFeatures, list_entries, read_entry
 from client.local import SiteTask
+from client.schema import task_classes
 from sim.experiment import Experiment
-from sim.pooled import jobs, load_tasks, n_domains, train_job
+from sim.pooled import job_cost, jobs, load_tasks, n_domains, train_job
 from strategies.allocator import retain_freed_memory
 
 Unit = tuple[str, str, int]  # (fm, task, index into the task's jobs)
@@ -83,12 +84,14 @@ def _run_unit(store: Path, exp: Experiment, unit: Unit) -> tuple[pd.DataFrame, d
     return train_job(exp, fm, task, tasks, domains, jobs(exp, tasks)[i])
 
 
-def plan_units(store: Path, exp: Experiment) -> Iterator[tuple[str, str, int]]:
-    """(fm, task, number of models) of every FM × task, in the serial order."""
+def plan_units(store: Path, exp: Experiment) -> Iterator[tuple[str, str, list[float]]]:
+    """(fm, task, each model's `sim.pooled.job_cost`) of every FM × task, in the serial order."""
     for fm in exp.study.fms:
         entries = read_fm(store, fm)
         for task in exp.study.tasks:
-            yield fm, task, len(jobs(exp, load_tasks(exp, task, entries)))
+            tasks, domains = load_tasks(exp, task, entries), n_domains(entries, task)
+            classes = len(task_classes(task))
+            yield fm, task, [job_cost(exp, job, tasks, classes, domains) for job in jobs(exp, tasks)]
 
 
 def run_parallel(
@@ -104,7 +107,9 @@ def run_parallel(
     exp : Experiment
         The experiment.
     plan : list of tuple
-        `plan_units` of the experiment.
+        `plan_units` of the experiment. Each FM × task's models are handed out largest
+        first, so that a grid ends on small models instead of one worker finishing a
+        large one alone; each worker still moves through the FM × task pairs in order.
     workers : int
         Processes (at least 2 to be worth it).
     done : callable
@@ -115,21 +120,26 @@ def run_parallel(
     tuple of list
         History frames and hyperparameter rows, in the order a serial run produces them.
     """
-    units = [(fm, task, i) for fm, task, n in plan for i in range(n)]
-    results = map_ordered(partial(_run_unit, store, exp), units, workers, lambda u: done(u[0], u[1]))
+    units = [(fm, task, i) for fm, task, costs in plan for i in range(len(costs))]
+    cost = [c for _, _, costs in plan for c in costs]
+    pair = [p for p, (_, _, costs) in enumerate(plan) for _ in costs]
+    order = sorted(range(len(units)), key=lambda u: (pair[u], -cost[u]))
+    results = map_ordered(partial(_run_unit, store, exp), units, workers, lambda u: done(u[0], u[1]), order)
     return [r[0] for r in results], [r[1] for r in results]
 
 
 def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int,
-                done: Callable[[T], None] = lambda _i: None) -> list[R]:
+                done: Callable[[T], None] = lambda _i: None, order: Sequence[int] | None = None) -> list[R]:
     """``[fn(i) for i in items]`` on ``workers`` spawned processes, results in ``items`` order.
 
     ``fn`` and the items must pickle (module-level functions, dataclasses); ``done`` is
-    called with each item as it finishes. The first failure is raised, after the pool
-    has stopped.
+    called with each item as it finishes. ``order`` (indices into ``items``) is the order
+    they are handed out in; ``items``' own when None. The first failure is raised, after
+    the pool has stopped.
     """
+    order = range(len(items)) if order is None else order
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-        futures: list[Future] = [pool.submit(fn, item) for item in items]
-        for item, future in zip(items, futures, strict=True):
-            future.add_done_callback(lambda _f, i=item: done(i))
-        return [f.result() for f in futures]
+        futures: dict[int, Future] = {i: pool.submit(fn, items[i]) for i in order}
+        for i, future in futures.items():
+            future.add_done_callback(lambda _f, item=items[i]: done(item))
+        return [futures[i].result() for i in range(len(items))]

@@ -7,10 +7,12 @@ federated run, with all sites' rows in one place.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 
 import pandas as pd
+import torch
 
 from client.evaluation import SiteCounts, site_counts
 from client.feature_store import SiteFeatures
@@ -18,6 +20,7 @@ from client.local import SiteTask, site_task
 from client.schema import task_classes
 from server.history import ALL_SITES, RunKey, empty_history, rows_from_counts
 from sim.experiment import Experiment
+from strategies.base import MethodConfig, TaskSpec, get_method
 from strategies.core import concat, predict
 from strategies.protocol import FitResult, fit
 
@@ -39,6 +42,34 @@ def jobs(exp: Experiment, tasks: Mapping[str, SiteTask]) -> list[tuple[str, str,
         jobs += [(exp.study.individual_method, s, [s]) for s in tasks]
     jobs += [(m, ALL_SITES, list(tasks)) for m in exp.study.methods]
     return jobs
+
+
+def job_cost(exp: Experiment, job: tuple[str, str, list[str]], tasks: Mapping[str, SiteTask],
+             n_classes: int, domains: int) -> float:
+    """A job's relative training cost: the samples its protocol sees × its model's parameters.
+
+    Only to hand the largest models out first (`sim.parallel`): on frozen features a
+    step's time follows the parameters it updates (their Adam traffic and products), and
+    every method sees its samples in steps of 8–32.
+    """
+    method, _, sites = job
+    config = exp.method_config(method)
+    n = sum(len(tasks[s].train) for s in sites)
+    epochs = config.epochs
+    if exp.protocol.search and config.searchable:
+        # Each of the k folds trains on (k − 1)/k of the rows, for every (batch size, lr).
+        per_config = (exp.protocol.folds - 1) * config.search_epochs
+        epochs += per_config * len(config.batch_sizes) * len(config.lrs)
+    dim = tasks[sites[0]].train.x.shape[1]
+    return float(n * epochs * _parameters(method, config, dim, n_classes, domains))
+
+
+@functools.cache
+def _parameters(method: str, config: MethodConfig, dim: int, n_classes: int, domains: int) -> int:
+    """Trainable parameters of ``method``'s model on ``dim``-wide features."""
+    with torch.random.fork_rng(devices=[]):  # building it draws weights: leave the caller's RNG be
+        model = get_method(method)(TaskSpec(dim, n_classes, domains, (1.0,) * n_classes), config)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def load_tasks(exp: Experiment, task: str, entries: Mapping[str, SiteFeatures]) -> dict[str, SiteTask]:

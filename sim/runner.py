@@ -122,7 +122,7 @@ def run_pooled_experiment(
     with progress_bar(show_progress) as progress:
         if workers > 1:
             plan = list(plan_units(store, exp))
-            bars = {(fm, t): progress.add_task(f"{fm} · {t}", total=n) for fm, t, n in plan}
+            bars = {(fm, t): progress.add_task(f"{fm} · {t}", total=len(costs)) for fm, t, costs in plan}
             frames, rows = run_parallel(store, exp, plan, workers,
                                         lambda fm, t: progress.advance(bars[fm, t]))
             hps = [pd.DataFrame(rows)]

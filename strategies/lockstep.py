@@ -160,12 +160,16 @@ def train_group(x: Tensor, y: Tensor, group: RunGroup, config: MethodConfig) -> 
 
 def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGroup, update: StackedUpdate,
                lr: Tensor, weight_decay: float, dro: DroState | None) -> None:
-    """One epoch of lockstep steps (the hot loop: no allocation beyond the softmax).
+    """One epoch of lockstep steps (the hot loop: no allocation on the plain objective).
 
     The two thin products (rows × features by features × a few logits, and back) go
     through numpy's BLAS on views of the same memory: torch's CPU GEMM costs tens of
     microseconds per call at these shapes, several times numpy's (see BENCHMARKS.md).
+    Between them, one compiled call (`strategies._ce_kernels`) or the objective's.
     """
+    # Imported here, as `SegmentAdam` imports its kernel: only lockstep runs load numba.
+    from strategies._ce_kernels import ce_logit_grad_
+
     idx, w, nyw = plan["idx"], plan["w"], plan["nyw"]
     q, gt = update.q, update.g
     f, b, (cl, d1) = len(nbs), group.batch_size, q.shape[1:]
@@ -180,16 +184,19 @@ def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGro
     z4 = z.view(f, -1, len(group.lrs), b)
     dz = np.empty(z4.shape, np.float32)
     dzn = dz.reshape(f, cl, b)
-    objective = objective_grad(plan, group, dro, z4.numpy())
+    z4n = z4.numpy()
+    objective = objective_grad(plan, group, dro, z4n)
+    lrs = np.asarray(group.lrs, dtype=np.float32)
     for i, (rows, wi, nywi) in enumerate(zip(idx.numpy(), w.numpy(), nyw.numpy(), strict=True)):
         # numpy's take writes straight into ``out`` unless mode="raise" (which buffers it);
         # the plan's rows are all in range, so "clip" never clips. Faster than index_select.
         xn.take(rows, axis=0, out=xbn, mode="clip")
-        np.multiply(np.matmul(qn, xbt, out=zn), lr_rows, out=zn)
+        np.matmul(qn, xbt, out=zn)
         if objective is None:
-            np.add(np.multiply(torch.softmax(z4, dim=1).numpy(), wi, out=dz), nywi, out=dz)
+            ce_logit_grad_(z4n, lrs, wi, nywi, dz)
             np.matmul(dzn, xb3n, out=gtn)
         else:
+            np.multiply(zn, lr_rows, out=zn)
             np.matmul(objective(i, ks[i]), xb3n, out=gtn)
         if weight_decay:
             gt.addcmul_(q, lrwd)

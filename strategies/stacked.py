@@ -165,11 +165,15 @@ def stacked_grads(g: dict[str, Tensor], layer: str, d_out: Tensor, inp: Tensor) 
 
 
 def stacked_ce_grad(logits: Tensor, target: Tensor, row_weight: Tensor) -> Tensor:
-    """Gradient of Σ_i r_i CE(z_i, t_i) w.r.t. logits (L, B, K): r_i (softmax − onehot); t, r are (B,)."""
-    p = torch.softmax(logits, dim=-1)
-    t = target[None, :, None].expand(p.shape[0], -1, 1)
-    p.scatter_add_(-1, t, torch.full(t.shape, -1.0))
-    return p.mul_(row_weight[None, :, None])
+    """Gradient of Σ_i r_i CE(z_i, t_i) w.r.t. logits (L, B, K): r_i (softmax − onehot); t, r are (B,).
+
+    One compiled call (`strategies._ce_kernels`) where torch took five.
+    """
+    from strategies._ce_kernels import stacked_ce_grad_
+
+    out = torch.empty_like(logits)
+    stacked_ce_grad_(logits.numpy(), target.numpy(), row_weight.numpy(), out.numpy())
+    return out
 
 
 def back(d_out: Tensor, s: dict[str, Tensor], layer: str) -> Tensor:

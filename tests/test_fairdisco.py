@@ -124,6 +124,62 @@ def test_supcon_grad_matches_autograd_for_each_stacked_run(labels):
         torch.testing.assert_close(d_zp[r], 0.7 * grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [2, 7])
+def test_stacked_batch_norm_relu_kernels_match_torch_for_each_run(n):
+    # The stacked step's compiled BatchNorm(training) + ReLU, forward and backward, against
+    # nn.BatchNorm1d and autograd run by run: outputs, running statistics, gradients of
+    # the input and of the affine map.
+    from strategies._fairdisco_kernels import bn_relu_backward_, bn_relu_forward_
+
+    gen = torch.Generator().manual_seed(n)
+    a, d_r = (torch.randn(3, n, 5, generator=gen) * 2 + 1 for _ in range(2))
+    gamma, beta = torch.rand(3, 5, generator=gen) + 0.5, torch.randn(3, 5, generator=gen) * 0.3
+    run_mean, run_var = torch.randn(3, 5, generator=gen), torch.rand(3, 5, generator=gen) + 0.5
+    xhat, r, inv = a.clone(), torch.empty_like(a), torch.empty(3, 5)
+    mean_out, var_out = run_mean.clone(), run_var.clone()
+    bn_relu_forward_(xhat.numpy(), gamma.numpy(), beta.numpy(), 1e-5, 0.1, n / (n - 1), mean_out.numpy(),
+                     var_out.numpy(), inv.numpy(), r.numpy())
+    d_a, d_gamma, d_beta = d_r.clone(), torch.empty(3, 5), torch.empty(3, 5)
+    bn_relu_backward_(d_a.numpy(), r.numpy(), xhat.numpy(), inv.numpy(), gamma.numpy(), d_gamma.numpy(),
+                      d_beta.numpy())
+    for k in range(3):
+        bn = torch.nn.BatchNorm1d(5, eps=1e-5, momentum=0.1)
+        with torch.no_grad():
+            bn.weight.copy_(gamma[k]), bn.bias.copy_(beta[k])
+            bn.running_mean.copy_(run_mean[k]), bn.running_var.copy_(run_var[k])
+        x = a[k].clone().requires_grad_(True)
+        out = torch.relu(bn(x))
+        torch.testing.assert_close(r[k], out.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mean_out[k], bn.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(var_out[k], bn.running_var, rtol=1e-5, atol=1e-6)
+        grads = torch.autograd.grad(out, (x, bn.weight, bn.bias), d_r[k])
+        for got, want in zip((d_a[k], d_gamma[k], d_beta[k]), grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_attribute_head_kernel_matches_autograd_on_its_two_losses():
+    # d_conf: the confusion term's logit gradient (α-weighted); d_attr: that plus the
+    # attribute cross-entropy's, over the rows with a known group (row weights).
+    from strategies._fairdisco_kernels import attribute_grads_
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 6, 4, generator=gen) * 3
+    group = torch.tensor([0, 3, -1, 1, 1, -1])
+    known = (group >= 0).float()
+    row = known / known.sum()
+    d_attr, d_conf = torch.empty_like(logits), torch.empty_like(logits)
+    attribute_grads_(logits.numpy(), group.clamp(min=0).numpy(), row.numpy(), 0.7, d_attr.numpy(),
+                     d_conf.numpy())
+    for k in range(2):
+        z = logits[k].clone().requires_grad_(True)
+        conf = 0.7 * confusion_loss(z, group >= 0)
+        ce = F.cross_entropy(z[group >= 0], group[group >= 0])
+        (want_conf,) = torch.autograd.grad(conf, z)
+        (want_ce,) = torch.autograd.grad(ce, z)
+        torch.testing.assert_close(d_conf[k], want_conf, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(d_attr[k], want_conf + want_ce, rtol=1e-5, atol=1e-6)
+
+
 def test_attribute_cross_entropy_on_detached_h_does_not_reach_the_bottleneck():
     model = _model()
     b = _batch()
