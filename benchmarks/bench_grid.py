@@ -25,18 +25,21 @@ import torch
 from baseline_grid import protocol, train_probe
 from common import emit
 from fedgrid_model import makespan, parallel_slowdown
-from grid_model import (
-    DIMS,
-    gemm_gflops,
+from grid_estimates import (
     kernel_floor,
-    lean_step_seconds,
-    linear_macs,
-    lockstep_width,
+    measure_interleaved,
     measured_once,
-    pair_flops,
     protocol_phases,
     samples_seen,
     stacked_estimate,
+)
+from grid_model import (
+    DIMS,
+    gemm_gflops,
+    lean_step_seconds,
+    linear_macs,
+    lockstep_width,
+    pair_flops,
     update_seconds,
     warm_update_seconds,
 )
@@ -125,6 +128,8 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
         flops = 6 * linear_macs(name, dim, c) * samples_seen(config, folds, len(data))
         flops += sum(r * s * pair_flops(name, dim, c, bs) for bs, r, s in phases)
         flop_s = flops / (gflops * 1e9)
+        if kern is not None and not ls.supports_lockstep(cls):
+            measure_interleaved(name, dim, c, config, phases, upd, kern, gflops)
         if ls.supports_lockstep(cls):
             est, path = measured.get(name, 0.0), "lockstep (measured)"
         elif supports_stacked(cls, config):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -131,32 +130,6 @@ def lockstep_width(name: str, dim: int, n_classes: int) -> int:
     return ls.linear_weights(cls(TaskSpec(dim, n_classes, 8, (1.0,) * n_classes), cls.config_cls())).shape[0]
 
 
-def protocol_phases(config: MethodConfig, fold_sizes: list[int], n: int,
-                    retrain_bs: int) -> list[tuple[int, int, int]]:
-    """(batch size, runs, sequential steps) of each phase of the protocol for one model.
-
-    The search runs ``len(batch_sizes) × len(lrs) × folds`` probes of ``search_epochs``;
-    the per-config path runs them one after another, lockstep runs each batch size's
-    runs together (the steps of its largest fold). The retrain is one run.
-    """
-    phases = []
-    if config.searchable:
-        for bs in config.batch_sizes:
-            steps = config.search_epochs * max(math.ceil(s / bs) for s in fold_sizes)
-            phases.append((bs, len(config.lrs) * len(fold_sizes), steps))
-        bs = retrain_bs
-    else:
-        bs = config.batch_size
-    phases.append((bs, 1, config.epochs * math.ceil(n / bs)))
-    return phases
-
-
-def samples_seen(config: MethodConfig, fold_sizes: list[int], n: int) -> int:
-    """Training samples processed by the whole protocol (all runs)."""
-    search = sum(fold_sizes) * len(config.lrs) * len(config.batch_sizes) * config.search_epochs
-    return (search if config.searchable else 0) + n * config.epochs
-
-
 def pair_flops(name: str, dim: int, n_classes: int, bs: int) -> int:
     """FLOPs per step of a method's products on all N² pairs of a batch (FADES' CMI term).
 
@@ -275,59 +248,3 @@ def stacked_kernel_seconds(dim: int, width: int, bs: int, folds: int, lrs: int, 
 
     with threadpool_limits(limits=1, user_api="blas"):
         return _per_call(step, steps)
-
-
-def measured_once(cache: dict, key: tuple, measure: Callable[[], float], repeats: int = 3) -> float:
-    """The median of ``repeats`` calls of ``measure``, taken once per ``key`` and kept in ``cache``."""
-    if key not in cache:
-        cache[key] = statistics.median(measure() for _ in range(repeats))
-    return cache[key]
-
-
-def stacked_estimate(name: str, dim: int, c: int, config: object, phases: list[tuple[int, int, int]],
-                     upd: dict) -> float:
-    """Protocol seconds of a method whose search trains each fold's learning rates stacked.
-
-    Search phases: (runs / learning rates) stacked runs × their steps × one stacked step
-    (`grid_model.stacked_step_seconds`); the retrain (the last phase) is one stacked run.
-    """
-    total = 0.0
-    *search, (bs_r, _, steps_r) = phases
-    for bs, runs, steps in search:
-        step = measured_once(upd, ("stacked", name, dim, bs),
-                             lambda bs=bs: stacked_step_seconds(name, dim, c, bs))
-        total += runs / len(config.lrs) * steps * step
-    key = ("stacked-1", name, dim, bs_r)
-    return total + steps_r * measured_once(upd, key, lambda: stacked_step_seconds(name, dim, c, bs_r, runs=1))
-
-
-def stacked_floor(dim: int, width: int, bs: int, runs: int, folds: int) -> float:
-    """Seconds per lockstep step of ``runs`` stacked runs' kernels: the cheaper arrangement.
-
-    The runs' GEMMs and Adam updates issued stacked (``folds`` × ``runs / folds``, as
-    `strategies.lockstep` stacks them) or one run after another, whichever is less.
-    """
-    lrs = max(runs // folds, 1)
-    stacked = stacked_kernel_seconds(dim, width, bs, folds if runs > 1 else 1, lrs)
-    return min(stacked, runs * stacked_kernel_seconds(dim, width, bs, 1, 1))
-
-
-def kernel_floor(name: str, dim: int, c: int, width: int, folds: int, phases: list[tuple[int, int, int]],
-                 kern: dict, gflops: float) -> float:
-    """Seconds of a method's unavoidable kernels over the whole protocol (cached in ``kern``).
-
-    ``gflops`` is the GEMM rate at which `kernel_seconds` counts the products on all N²
-    pairs of a batch (`pair_flops`).
-    """
-    lockstep = ls.supports_lockstep(REGISTRY[name])
-    total = 0.0
-    for bs, runs, steps in phases:
-        if lockstep:
-            step = measured_once(kern, (name, dim, bs, runs),
-                                 lambda bs=bs, runs=runs: stacked_floor(dim, width, bs, runs, folds))
-            total += steps * step
-        else:
-            step = measured_once(kern, (name, dim, bs),
-                                 lambda bs=bs: kernel_seconds(name, dim, c, bs, gflops=gflops))
-            total += runs * steps * step
-    return total

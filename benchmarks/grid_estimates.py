@@ -1,0 +1,124 @@
+"""How `bench_grid.py` turns measured step and kernel times into whole-protocol estimates and floors."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from functools import partial
+
+from grid_model import kernel_seconds, stacked_kernel_seconds, stacked_step_seconds, update_seconds
+
+from strategies import lockstep as ls
+from strategies.base import REGISTRY, MethodConfig
+from strategies.stacked import supports_stacked
+
+
+def protocol_phases(config: MethodConfig, fold_sizes: list[int], n: int,
+                    retrain_bs: int) -> list[tuple[int, int, int]]:
+    """(batch size, runs, sequential steps) of each phase of the protocol for one model.
+
+    The search runs ``len(batch_sizes) × len(lrs) × folds`` probes of ``search_epochs``;
+    the per-config path runs them one after another, lockstep runs each batch size's
+    runs together (the steps of its largest fold). The retrain is one run.
+    """
+    phases = []
+    if config.searchable:
+        for bs in config.batch_sizes:
+            steps = config.search_epochs * max(math.ceil(s / bs) for s in fold_sizes)
+            phases.append((bs, len(config.lrs) * len(fold_sizes), steps))
+        bs = retrain_bs
+    else:
+        bs = config.batch_size
+    phases.append((bs, 1, config.epochs * math.ceil(n / bs)))
+    return phases
+
+
+def samples_seen(config: MethodConfig, fold_sizes: list[int], n: int) -> int:
+    """Training samples processed by the whole protocol (all runs)."""
+    search = sum(fold_sizes) * len(config.lrs) * len(config.batch_sizes) * config.search_epochs
+    return (search if config.searchable else 0) + n * config.epochs
+
+
+def measured_once(cache: dict, key: tuple, measure: Callable[[], float], repeats: int = 3) -> float:
+    """The median of ``repeats`` calls of ``measure``, taken once per ``key`` and kept in ``cache``."""
+    if key not in cache:
+        cache[key] = statistics.median(measure() for _ in range(repeats))
+    return cache[key]
+
+
+def measure_interleaved(name: str, dim: int, c: int, config: MethodConfig, phases: list[tuple[int, int, int]],
+                        upd: dict, kern: dict, gflops: float, repeats: int = 3) -> None:
+    """Fill both caches for a per-config or stacked method, its step and kernel times alternating.
+
+    Each phase's step time (as `stacked_estimate` or the per-config estimate reads it from
+    ``upd``) and kernel floor (as `kernel_floor` reads it from ``kern``) are measured in
+    turn, ``repeats`` times each, and their medians kept: a slow spell of a shared
+    machine then lands on both sides of the method's ratio to its bound.
+    """
+    stacked = supports_stacked(REGISTRY[name], config)
+    *search, (bs_r, _, _) = phases
+    for i, (bs, _, _) in enumerate(phases):
+        step: Callable[[], float]
+        if stacked and i == len(search):
+            key = ("stacked-1", name, dim, bs_r)
+            step = partial(stacked_step_seconds, name, dim, c, bs, runs=1)
+        elif stacked:
+            key, step = ("stacked", name, dim, bs), partial(stacked_step_seconds, name, dim, c, bs)
+        else:
+            key, step = (name, dim, bs), partial(update_seconds, name, dim, c, bs)
+        floor = (name, dim, bs)
+        if key in upd and floor in kern:
+            continue
+        pairs = [(step(), kernel_seconds(name, dim, c, bs, gflops=gflops)) for _ in range(repeats)]
+        upd.setdefault(key, statistics.median(a for a, _ in pairs))
+        kern.setdefault(floor, statistics.median(b for _, b in pairs))
+
+
+def stacked_estimate(name: str, dim: int, c: int, config: object, phases: list[tuple[int, int, int]],
+                     upd: dict) -> float:
+    """Protocol seconds of a method whose search trains each fold's learning rates stacked.
+
+    Search phases: (runs / learning rates) stacked runs × their steps × one stacked step
+    (`grid_model.stacked_step_seconds`); the retrain (the last phase) is one stacked run.
+    """
+    total = 0.0
+    *search, (bs_r, _, steps_r) = phases
+    for bs, runs, steps in search:
+        step = measured_once(upd, ("stacked", name, dim, bs),
+                             lambda bs=bs: stacked_step_seconds(name, dim, c, bs))
+        total += runs / len(config.lrs) * steps * step
+    key = ("stacked-1", name, dim, bs_r)
+    return total + steps_r * measured_once(upd, key, lambda: stacked_step_seconds(name, dim, c, bs_r, runs=1))
+
+
+def stacked_floor(dim: int, width: int, bs: int, runs: int, folds: int) -> float:
+    """Seconds per lockstep step of ``runs`` stacked runs' kernels: the cheaper arrangement.
+
+    The runs' GEMMs and Adam updates issued stacked (``folds`` × ``runs / folds``, as
+    `strategies.lockstep` stacks them) or one run after another, whichever is less.
+    """
+    lrs = max(runs // folds, 1)
+    stacked = stacked_kernel_seconds(dim, width, bs, folds if runs > 1 else 1, lrs)
+    return min(stacked, runs * stacked_kernel_seconds(dim, width, bs, 1, 1))
+
+
+def kernel_floor(name: str, dim: int, c: int, width: int, folds: int, phases: list[tuple[int, int, int]],
+                 kern: dict, gflops: float) -> float:
+    """Seconds of a method's unavoidable kernels over the whole protocol (cached in ``kern``).
+
+    ``gflops`` is the GEMM rate at which `kernel_seconds` counts the products on all N²
+    pairs of a batch (`pair_flops`).
+    """
+    lockstep = ls.supports_lockstep(REGISTRY[name])
+    total = 0.0
+    for bs, runs, steps in phases:
+        if lockstep:
+            step = measured_once(kern, (name, dim, bs, runs),
+                                 lambda bs=bs, runs=runs: stacked_floor(dim, width, bs, runs, folds))
+            total += steps * step
+        else:
+            step = measured_once(kern, (name, dim, bs),
+                                 lambda bs=bs: kernel_seconds(name, dim, c, bs, gflops=gflops))
+            total += runs * steps * step
+    return total
