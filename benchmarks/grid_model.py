@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from strategies import base, load_all
 from strategies import lockstep as ls
 from strategies.base import REGISTRY, Batch, MethodConfig, TaskSpec
-from strategies.core import ArrayData, make_spec
+from strategies.core import ArrayData, gather_batch, make_spec
 from strategies.lockstep_update import SegmentAdam
 from strategies.stacked import StackedAdam, train_stacked
 
@@ -73,8 +73,7 @@ def update_seconds(name: str, dim: int, n_classes: int, bs: int, steps: int = 15
         model.update(Batch(x[i * bs:(i + 1) * bs], y[:bs], domain[:bs], domain[:bs]))
     t0 = time.perf_counter()
     for i in range(steps):
-        idx = perm[i * bs:(i + 1) * bs]
-        model.update(Batch(x[idx], y[idx], domain[idx], domain[idx]))
+        model.update(gather_batch((x, y, domain, domain), perm[i * bs:(i + 1) * bs]))
     return (time.perf_counter() - t0) / steps
 
 

@@ -115,6 +115,15 @@ def _tensors(data: ArrayData, sensitive: str) -> tuple[torch.Tensor, ...]:
     )
 
 
+def gather_batch(tensors: tuple[torch.Tensor, ...], idx: torch.Tensor) -> Batch:
+    """Rows ``idx`` of `_tensors`' (x, y, domain, group) as a `Batch`.
+
+    ``index_select`` rather than ``x[idx]``: the same rows in about half the time (67 → 36
+    µs for 32 rows of 2048 features out of cache; a Unified update takes about 130).
+    """
+    return Batch(*(t.index_select(0, idx) for t in tensors))
+
+
 def train(
     method: str, data: ArrayData, spec: TaskSpec, config: MethodConfig, hp: HParams, seed: int
 ) -> Method:
@@ -171,7 +180,7 @@ def fit_epochs(
     float
         Mean training loss of the last epoch.
     """
-    x, y, domain, group = _tensors(data, model.config.sensitive)
+    tensors = _tensors(data, model.config.sensitive)
     gen = torch.Generator().manual_seed(seed)
     n = len(data)
     model.train()
@@ -181,8 +190,7 @@ def fit_epochs(
         perm = torch.randperm(n, generator=gen)
         losses = []
         for i in range(0, n, hp.batch_size):
-            idx = perm[i : i + hp.batch_size]
-            logs = model.update(Batch(x[idx], y[idx], domain[idx], group[idx]))
+            logs = model.update(gather_batch(tensors, perm[i : i + hp.batch_size]))
             losses.append(logs.get("loss", float("nan")))
         last = float(np.mean(losses)) if losses else last
     return last
@@ -232,7 +240,7 @@ def fit_steps(model: Method, data: ArrayData, hp: HParams, steps: int, seed: int
     float
         Mean training loss over the steps.
     """
-    x, y, domain, group = _tensors(data, model.config.sensitive)
+    tensors = _tensors(data, model.config.sensitive)
     gen = torch.Generator().manual_seed(seed)
     n, b = len(data), min(hp.batch_size, len(data))
     model.train()
@@ -243,5 +251,5 @@ def fit_steps(model: Method, data: ArrayData, hp: HParams, steps: int, seed: int
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + b]
         pos += b
-        losses.append(model.update(Batch(x[idx], y[idx], domain[idx], group[idx])).get("loss", float("nan")))
+        losses.append(model.update(gather_batch(tensors, idx)).get("loss", float("nan")))
     return float(np.mean(losses)) if losses else float("nan")

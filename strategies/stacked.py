@@ -132,7 +132,8 @@ def _train_stacked(cls: type[Method], data: ArrayData, spec: TaskSpec, config: M
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, bs):
             idx = perm[i : i + bs]
-            batch = StackedBatch(x[idx], y[idx], w[idx] / len(idx), group[idx])
+            rows = [t.index_select(0, idx) for t in (x, y, w, group)]  # as `strategies.core.fit_epochs`
+            batch = StackedBatch(rows[0], rows[1], rows[2] / len(idx), rows[3])
             adam.step(step(model, state, adam.grads, batch) or ())
     return model, [{k: _unstack(v, j) for k, v in state.items()} for j in range(len(lrs))]
 
