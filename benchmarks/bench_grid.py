@@ -32,6 +32,7 @@ from grid_estimates import (
     protocol_phases,
     samples_seen,
     stacked_estimate,
+    step_measure,
 )
 from grid_model import (
     DIMS,
@@ -40,7 +41,6 @@ from grid_model import (
     linear_macs,
     lockstep_width,
     pair_flops,
-    update_seconds,
     warm_update_seconds,
 )
 from grid_report import grid_markdown
@@ -135,8 +135,7 @@ def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: floa
         elif supports_stacked(cls, config):
             est, path = stacked_estimate(name, dim, c, config, phases, upd), "stacked (estimated)"
         else:
-            est = sum(r * s * measured_once(upd, (name, dim, bs),
-                                            lambda bs=bs, name=name: update_seconds(name, dim, c, bs))
+            est = sum(r * s * measured_once(upd, *step_measure(name, dim, c, config, bs, False))
                       for bs, r, s in phases)
             path = "per-config (estimated)"
         kernel_s = 0.0

@@ -56,17 +56,9 @@ def measure_interleaved(name: str, dim: int, c: int, config: MethodConfig, phase
     turn, ``repeats`` times each, and their medians kept: a slow spell of a shared
     machine then lands on both sides of the method's ratio to its bound.
     """
-    stacked = supports_stacked(REGISTRY[name], config)
-    *search, (bs_r, _, _) = phases
+    *search, _ = phases
     for i, (bs, _, _) in enumerate(phases):
-        step: Callable[[], float]
-        if stacked and i == len(search):
-            key = ("stacked-1", name, dim, bs_r)
-            step = partial(stacked_step_seconds, name, dim, c, bs, runs=1)
-        elif stacked:
-            key, step = ("stacked", name, dim, bs), partial(stacked_step_seconds, name, dim, c, bs)
-        else:
-            key, step = (name, dim, bs), partial(update_seconds, name, dim, c, bs)
+        key, step = step_measure(name, dim, c, config, bs, retrain=i == len(search))
         floor = (name, dim, bs)
         if key in upd and floor in kern:
             continue
@@ -75,21 +67,33 @@ def measure_interleaved(name: str, dim: int, c: int, config: MethodConfig, phase
         kern.setdefault(floor, statistics.median(b for _, b in pairs))
 
 
-def stacked_estimate(name: str, dim: int, c: int, config: object, phases: list[tuple[int, int, int]],
+def step_measure(name: str, dim: int, c: int, config: MethodConfig, bs: int, retrain: bool
+                 ) -> tuple[tuple, Callable[[], float]]:
+    """The cache key and measurement of one step of a per-config or stacked method at ``bs``.
+
+    A stacked method's search step is its learning rates' stacked step; its retrain step
+    (``retrain``) is one stacked run's. A per-config method's is one `update`.
+    """
+    if not supports_stacked(REGISTRY[name], config):
+        return (name, dim, bs), partial(update_seconds, name, dim, c, bs)
+    if retrain:
+        return ("stacked-1", name, dim, bs), partial(stacked_step_seconds, name, dim, c, bs, runs=1)
+    return ("stacked", name, dim, bs), partial(stacked_step_seconds, name, dim, c, bs)
+
+
+def stacked_estimate(name: str, dim: int, c: int, config: MethodConfig, phases: list[tuple[int, int, int]],
                      upd: dict) -> float:
     """Protocol seconds of a method whose search trains each fold's learning rates stacked.
 
     Search phases: (runs / learning rates) stacked runs × their steps × one stacked step
     (`grid_model.stacked_step_seconds`); the retrain (the last phase) is one stacked run.
     """
-    total = 0.0
     *search, (bs_r, _, steps_r) = phases
+    total = 0.0
     for bs, runs, steps in search:
-        step = measured_once(upd, ("stacked", name, dim, bs),
-                             lambda bs=bs: stacked_step_seconds(name, dim, c, bs))
+        step = measured_once(upd, *step_measure(name, dim, c, config, bs, False))
         total += runs / len(config.lrs) * steps * step
-    key = ("stacked-1", name, dim, bs_r)
-    return total + steps_r * measured_once(upd, key, lambda: stacked_step_seconds(name, dim, c, bs_r, runs=1))
+    return total + steps_r * measured_once(upd, *step_measure(name, dim, c, config, bs_r, True))
 
 
 def stacked_floor(dim: int, width: int, bs: int, runs: int, folds: int) -> float:
