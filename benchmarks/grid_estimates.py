@@ -1,4 +1,4 @@
-"""How `bench_grid.py` turns measured step and kernel times into whole-protocol estimates and floors."""
+"""How `bench_grid.py` turns measured step and kernel times into per-method protocol estimates and floors."""
 
 from __future__ import annotations
 
@@ -7,10 +7,19 @@ import statistics
 from collections.abc import Callable
 from functools import partial
 
-from grid_model import kernel_seconds, stacked_kernel_seconds, stacked_step_seconds, update_seconds
+from grid_model import (
+    kernel_seconds,
+    lean_step_seconds,
+    linear_macs,
+    lockstep_width,
+    pair_flops,
+    stacked_kernel_seconds,
+    stacked_step_seconds,
+    update_seconds,
+)
 
 from strategies import lockstep as ls
-from strategies.base import REGISTRY, MethodConfig
+from strategies.base import REGISTRY, MethodConfig, get_method
 from strategies.stacked import supports_stacked
 
 
@@ -126,3 +135,50 @@ def kernel_floor(name: str, dim: int, c: int, width: int, folds: int, phases: li
                                  lambda bs=bs: kernel_seconds(name, dim, c, bs, gflops=gflops))
             total += runs * steps * step
     return total
+
+
+def step_floor(config: object, fold_sizes: list[int], n: int, bs_retrain: int, dim: int, c: int,
+               lean: dict) -> tuple[int, float]:
+    """Sequential steps of the lockstep protocol and their floor in seconds."""
+    phases = protocol_phases(config, fold_sizes, n, bs_retrain)
+    floor = sum(s * measured_once(lean, (dim, c, bs), lambda bs=bs: lean_step_seconds(dim, c, bs))
+                for bs, _, s in phases)
+    return sum(s for _, _, s in phases), floor
+
+
+def method_rows(methods: list[str], data: object, c: int, dim: int, gflops: float, lean: dict,
+                measured: dict[str, float], folds: list[int], upd: dict,
+                kern: dict | None = None) -> list[dict]:
+    """Per method: protocol time (measured for lockstep methods, else steps × update time) vs bound.
+
+    With ``kern`` (a cache), the bound also takes the kernel floor: every run's steps × the
+    method's unavoidable kernels per step (`grid_model.kernel_seconds`); for a lockstep
+    method, each phase's steps × the kernels of all its stacked runs (`stacked_floor`).
+    """
+    rows = []
+    for name in methods:
+        cls = get_method(name)
+        config = cls.config_cls()
+        width = lockstep_width(name, dim, c) if ls.supports_lockstep(cls) else c
+        steps, floor_s = step_floor(config, folds, len(data), 16, dim, width, lean)
+        phases = protocol_phases(config, folds, len(data), 16)
+        flops = 6 * linear_macs(name, dim, c) * samples_seen(config, folds, len(data))
+        flops += sum(r * s * pair_flops(name, dim, c, bs) for bs, r, s in phases)
+        flop_s = flops / (gflops * 1e9)
+        if kern is not None and not ls.supports_lockstep(cls):
+            measure_interleaved(name, dim, c, config, phases, upd, kern, gflops)
+        if ls.supports_lockstep(cls):
+            est, path = measured.get(name, 0.0), "lockstep (measured)"
+        elif supports_stacked(cls, config):
+            est, path = stacked_estimate(name, dim, c, config, phases, upd), "stacked (estimated)"
+        else:
+            est = sum(r * s * measured_once(upd, *step_measure(name, dim, c, config, bs, False))
+                      for bs, r, s in phases)
+            path = "per-config (estimated)"
+        kernel_s = 0.0
+        if kern is not None:
+            kernel_s = kernel_floor(name, dim, c, width, len(folds), phases, kern, gflops)
+        rows.append({"method": name, "steps": steps, "seconds": est, "flop_s": flop_s, "floor_s": floor_s,
+                     "kernel_s": kernel_s, "ratio_to_bound": est / max(flop_s, floor_s, kernel_s),
+                     "path": path})
+    return rows

@@ -98,16 +98,17 @@ def stacked_step_seconds(name: str, dim: int, n_classes: int, bs: int, steps: in
     return (time.perf_counter() - t0) / steps
 
 
-def warm_update_seconds(args: tuple[str, int, int, int]) -> tuple[float, float]:
-    """(extra seconds of a first 20 updates, steady seconds per update) of (method, dim, classes, batch).
+def warm_stacked_seconds(args: tuple[str, int, int, int]) -> tuple[float, float]:
+    """(extra seconds of a first 20 steps, steady seconds per step) of a stacked search loop.
 
-    A fresh process's first updates also import torch's optimizer stack; `bench_grid`
-    compares workers once warm (`fedgrid_model.parallel_slowdown`).
+    ``args``: (method, dim, classes, batch) of `stacked_step_seconds`. A fresh process's
+    first steps also load the compiled kernels; `bench_grid` compares workers once warm
+    (`fedgrid_model.parallel_slowdown`).
     """
     name, dim, n_classes, bs = args
     load_all()  # a spawned worker has not registered the methods yet
-    first = update_seconds(name, dim, n_classes, bs, steps=20)
-    steady = statistics.median(update_seconds(name, dim, n_classes, bs, steps=300) for _ in range(3))
+    first = stacked_step_seconds(name, dim, n_classes, bs, steps=20)
+    steady = statistics.median(stacked_step_seconds(name, dim, n_classes, bs) for _ in range(3))
     return 20 * (first - steady), steady
 
 

@@ -25,7 +25,8 @@ def _equal_work_row(r: dict) -> list[str]:
 
 def grid_markdown(r: dict) -> str:
     """A complete BENCHMARKS.md section from `bench_grid.main`'s results."""
-    return "\n".join(_probe_part(r) + _methods_part(r) + _grid_part(r["grid"])) + "\n"
+    return "\n".join(_probe_part(r) + _methods_part(r) + _grid_part(r["grid"], r["tasks"])
+                     + _check_part(r["check"], r["grid"]["workers"])) + "\n"
 
 
 def _probe_part(r: dict) -> list[str]:
@@ -83,16 +84,21 @@ def _methods_part(r: dict) -> list[str]:
     ]
 
 
-def _grid_part(g: dict) -> list[str]:
+def _grid_part(g: dict, tasks: dict) -> list[str]:
     """The whole paper.toml grid's estimate, on one process, on workers and at its bound."""
-    return ["", f"Whole `paper.toml` grid (5 FMs × 2 tasks × Individual + all methods), estimated "
-            f"from the figures above: **{g['total_min']:.0f} minutes** on one process — "
-            f"{g['lockstep']:.1f} min in lockstep rows (Individual, Unified, GroupDRO, MOE), "
+    rows = ", ".join(f"{task} {n:,} training rows ({len(sites)} sites, {c} classes)"
+                     for task, (n, sites, c) in tasks.items())
+    slow = ", ".join(f"{f:.2f}× at {dim} wide" for dim, f in g["slowdown"].items())
+    return ["", f"Whole `paper.toml` grid (5 FMs × 2 tasks × Individual + all methods; {rows}), "
+            f"estimated from the figures above at each FM's width: **{g['total_min']:.0f} minutes** on "
+            f"one process — {g['lockstep']:.1f} min in lockstep rows (Individual, Unified, GroupDRO, MOE), "
             f"{g['stacked']:.0f} min in DANN and FairDisCO (search stacked by learning rate, "
             f"retrain a single stacked run) and {g['per-config']:.0f} min in FADES (one run, no search). On "
             f"{g['workers']} worker processes (`fedmammo pooled --jobs 0`; each FM × task's models "
-            f"handed out largest first, each {g['slowdown']:.2f}× slower beside another once warm, "
-            f"{g['worker_startup_s']:.1f} s start-up per worker): **{g['parallel_min']:.0f} minutes** "
+            f"handed out largest first, {g['worker_startup_s']:.1f} s start-up per worker), each model "
+            f"slower beside another, once warm, by the factor measured here with one stacked FairDisCO "
+            f"search loop per core, median of 3 comparisons ({slow}; the cores share the memory "
+            f"traffic of these steps): **{g['parallel_min']:.0f} minutes** "
             f"({g['grid_order_min']:.0f} with the models handed out in the grid's plain order; "
             "target ≤ 60 min on 2 cores).", "",
             f"The same grid with every row at its bound (FLOP time, step floor or kernel floor at each "
@@ -100,3 +106,16 @@ def _grid_part(g: dict) -> list[str]:
             f"{g['bound_min'] / 2:.0f} on two with perfect scaling — the least this machine allows "
             f"for the protocol as specified; the estimate above is {g['total_min'] / g['bound_min']:.1f}× "
             "that."]
+
+
+def _check_part(k: dict, workers: int) -> list[str]:
+    """The model's prediction of a small real grid against the run itself."""
+    chosen = ", ".join(f"{m} {bs}" for m, bs in k["retrain_bs"].items())
+    return ["", f"Check of the model, in the same run: a real `fedmammo pooled` of DANN and FairDisCO on "
+            f"mammoclip (2048-wide) and medclip (512-wide) × {k.get('task', 'density')}, the paper's full "
+            f"protocol on {k['scale']:g} of Table 2's rows ({k['n_train']:,} training rows; retrain batch "
+            f"sizes chosen: {chosen}), took **{k['serial_s']:.0f} s** in one process, against "
+            f"{k['serial_predicted_s']:.0f} s predicted by the model above from its step times "
+            f"(measured/predicted {k['serial_s'] / k['serial_predicted_s']:.2f}), and "
+            f"**{k['parallel_s']:.0f} s** on {workers} workers, against {k['parallel_predicted_s']:.0f} s "
+            f"predicted ({k['parallel_s'] / k['parallel_predicted_s']:.2f})."]

@@ -99,6 +99,9 @@ class Method(nn.Module):
     #: Row label in tables (the paper's spelling); defaults to the registered name.
     label: ClassVar[str] = ""
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    #: Train with denormal floats flushed to zero (`strategies.denormals`): for methods
+    #: whose hidden units can stop receiving gradient.
+    flush_denormals: ClassVar[bool] = False
 
     def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
         super().__init__()

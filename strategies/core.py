@@ -15,6 +15,7 @@ import torch
 
 from client.schema import SENSITIVE_SIZES
 from strategies.base import Batch, Method, MethodConfig, TaskSpec, get_method, seed_torch
+from strategies.denormals import flush_denormals
 
 PREDICT_CHUNK = 8192
 
@@ -185,14 +186,15 @@ def fit_epochs(
     n = len(data)
     model.train()
     last = float("nan")
-    for epoch in range(hp.epochs):
-        model.begin_epoch(start + (end - start) * epoch / max(hp.epochs, 1))
-        perm = torch.randperm(n, generator=gen)
-        losses = []
-        for i in range(0, n, hp.batch_size):
-            logs = model.update(gather_batch(tensors, perm[i : i + hp.batch_size]))
-            losses.append(logs.get("loss", float("nan")))
-        last = float(np.mean(losses)) if losses else last
+    with flush_denormals(model.flush_denormals):
+        for epoch in range(hp.epochs):
+            model.begin_epoch(start + (end - start) * epoch / max(hp.epochs, 1))
+            perm = torch.randperm(n, generator=gen)
+            losses = []
+            for i in range(0, n, hp.batch_size):
+                logs = model.update(gather_batch(tensors, perm[i : i + hp.batch_size]))
+                losses.append(logs.get("loss", float("nan")))
+            last = float(np.mean(losses)) if losses else last
     return last
 
 
@@ -246,10 +248,11 @@ def fit_steps(model: Method, data: ArrayData, hp: HParams, steps: int, seed: int
     model.train()
     model.begin_epoch(start)
     order, pos, losses = torch.randperm(n, generator=gen), 0, []
-    for _ in range(steps):
-        if pos + b > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + b]
-        pos += b
-        losses.append(model.update(gather_batch(tensors, idx)).get("loss", float("nan")))
+    with flush_denormals(model.flush_denormals):
+        for _ in range(steps):
+            if pos + b > n:
+                order, pos = torch.randperm(n, generator=gen), 0
+            idx = order[pos : pos + b]
+            pos += b
+            losses.append(model.update(gather_batch(tensors, idx)).get("loss", float("nan")))
     return float(np.mean(losses)) if losses else float("nan")

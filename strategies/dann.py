@@ -152,6 +152,8 @@ class Dann(Method):
     config: DannConfig
     #: A fold's learning rates train stacked in the search (`strategies.stacked`).
     stacked_step = staticmethod(stacked_update)
+    #: Units that stop receiving gradient take Adam's moments through the denormal range.
+    flush_denormals = True
 
     def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
         super().__init__(spec, config)

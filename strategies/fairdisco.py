@@ -173,6 +173,8 @@ class FairDisCo(Method):
     config: FairDisCoConfig
     #: A fold's learning rates train stacked in the search (`strategies.stacked`).
     stacked_step = staticmethod(stacked_update)
+    #: Units that stop receiving gradient take Adam's moments through the denormal range.
+    flush_denormals = True
 
     def __init__(self, spec: TaskSpec, config: MethodConfig) -> None:
         super().__init__(spec, config)

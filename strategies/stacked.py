@@ -44,6 +44,7 @@ from torch import Tensor
 
 from strategies.base import Method, MethodConfig, TaskSpec, get_method, seed_torch
 from strategies.core import ArrayData, HParams, make_spec, predict
+from strategies.denormals import flush_denormals
 from strategies.lockstep_update import SegmentAdam
 
 StepFn = Callable[[Method, dict[str, Tensor], dict[str, Tensor], "StackedBatch"], "tuple[str, ...] | None"]
@@ -127,14 +128,15 @@ def _train_stacked(cls: type[Method], data: ArrayData, spec: TaskSpec, config: M
     gen, n = torch.Generator().manual_seed(seed), len(data)
     step: StepFn = cls.stacked_step
     model.train()
-    for epoch in range(epochs):
-        model.begin_epoch(epoch / max(epochs, 1))
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, bs):
-            idx = perm[i : i + bs]
-            rows = [t.index_select(0, idx) for t in (x, y, w, group)]  # as `strategies.core.fit_epochs`
-            batch = StackedBatch(rows[0], rows[1], rows[2] / len(idx), rows[3])
-            adam.step(step(model, state, adam.grads, batch) or ())
+    with flush_denormals(cls.flush_denormals):
+        for epoch in range(epochs):
+            model.begin_epoch(epoch / max(epochs, 1))
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, bs):
+                idx = perm[i : i + bs]
+                rows = [t.index_select(0, idx) for t in (x, y, w, group)]  # as `strategies.core.fit_epochs`
+                batch = StackedBatch(rows[0], rows[1], rows[2] / len(idx), rows[3])
+                adam.step(step(model, state, adam.grads, batch) or ())
     return model, [{k: _unstack(v, j) for k, v in state.items()} for j in range(len(lrs))]
 
 
