@@ -5,13 +5,15 @@ leaves Adam's first moment of its weights decaying by β₁ = 0.9 a step: from ~
 float32's smallest normal number (1.2e-38) in some 750 steps, then some 150 steps
 through the denormal range, where each multiply takes a microcode assist many times
 slower than a normal one. Thousands of such weights ride along in every Adam pass. On
-DANN's stacked search over a tenth of Table 2's rows (mammoclip features) this took
-20–27% of the training time, and ~10% of FairDisCO's. Benchmarks on random features
-and fresh weights never reach the denormal range, so they hid it.
+a tenth of Table 2's rows (synthetic mammoclip features) this took 20–27% of DANN's
+training time, stacked search and per-config run alike, and ~10% of FairDisCO's stacked
+search. Benchmarks on random features and fresh weights never reach the denormal range,
+so they hid it.
 
 Flushed (x86 FTZ and DAZ: results and inputs below 1.2e-38 read as zero), such a
-moment becomes 0 a few steps sooner; the update it contributes, at most
-lr · 1e-38 / ε with Adam's ε = 1e-8, was already below any weight's rounding. Methods
+moment becomes 0 as soon as it leaves the normal range; the update it contributed, at
+most lr · 1e-38 / ε with Adam's ε = 1e-8, was already far below any weight's rounding
+(DANN's per-config weights after 15 epochs came out bit-identical either way). Methods
 opt in rather than every method flushing: where a method takes the logarithm of a
 probability or weight that may vanish (GroupDRO's per-config adversary takes
 ``log(q)``), flushing would turn a very negative number into −inf.
