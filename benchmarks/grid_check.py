@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from fedgrid_model import makespan
 from grid_estimates import protocol_phases, stacked_estimate
 from grid_model import DIMS
+from grid_whole import worker_wall
 
 from sim.experiment import load_experiment
 from sim.parallel import resolve_workers
@@ -73,10 +73,8 @@ def grid_check(task: str, c: int, upd: dict, workers_model: dict, scale: float =
             result = run_pooled_experiment(exp, root / f"out{n}", False, workers=n)
             real[n] = time.perf_counter() - t0
     pairs = predicted(result.hparams, c, upd)
-    slow = {int(k): f for k, f in workers_model["slowdown"].items()}
-    order = [t * slow[dim] for dim, p in pairs for t in sorted(p, reverse=True)]
     serial = sum(sum(p) for _, p in pairs)
-    parallel = workers_model["worker_startup_s"] + makespan(order, workers)
+    parallel = worker_wall(pairs, workers_model["slowdown"], workers_model["worker_startup_s"], workers)
     return {"scale": scale, "task": task, "n_train": int(result.hparams["n_train"].iloc[0]),
             "retrain_bs": {f"{r.fm}/{r.method}": int(r.batch_size) for r in result.hparams.itertuples()},
             "serial_s": real[1], "serial_predicted_s": serial,

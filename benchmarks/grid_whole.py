@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 
 import numpy as np
 from fedgrid_model import makespan, parallel_slowdown
@@ -74,12 +73,20 @@ def on_workers(grid: dict, c: int, repeats: int = 3) -> dict:
         runs = [parallel_slowdown(warm_stacked_seconds, ("fairdisco", dim, c, 16), workers)
                 for _ in range(repeats)]
         factors[dim] = (statistics.median(f for f, _ in runs), statistics.median(s for _, s in runs))
+    slowdown = {dim: f for dim, (f, _) in factors.items()}
     startup = statistics.mean(s for _, s in factors.values())
+    pairs = grid["pairs"]
+    return {"workers": workers, "slowdown": slowdown, "worker_startup_s": startup,
+            "parallel_min": worker_wall(pairs, slowdown, startup, workers) / 60,
+            "grid_order_min": worker_wall(pairs, slowdown, startup, workers, largest_first=False) / 60}
 
-    def wall(order: Callable[[list[float]], list[float]]) -> float:
-        times = [t * factors[dim][0] for dim, p in grid["pairs"] for t in order(p)]
-        return (startup + makespan(times, workers)) / 60
 
-    return {"workers": workers, "slowdown": {dim: f for dim, (f, _) in factors.items()},
-            "worker_startup_s": startup, "parallel_min": wall(lambda p: sorted(p, reverse=True)),
-            "grid_order_min": wall(list)}
+def worker_wall(pairs: list[tuple[int, list[float]]], slowdown: dict[int, float], startup: float,
+                workers: int, largest_first: bool = True) -> float:
+    """Seconds of ``pairs`` (FM width, its models' seconds) on ``workers`` processes.
+
+    Each model slowed by its width's factor, each pair's largest first (as `sim.parallel`
+    hands them out) unless ``largest_first`` is off, plus a worker's start-up.
+    """
+    times = [t * slowdown[dim] for dim, p in pairs for t in (sorted(p, reverse=True) if largest_first else p)]
+    return startup + makespan(times, workers)
