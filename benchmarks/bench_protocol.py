@@ -25,11 +25,12 @@ from sim.experiment import Experiment, ProtocolConfig, StudyConfig
 from sim.parallel import one_thread
 from sim.runner import write_synthetic_store
 from sim.sites import load_sites
-from strategies.core import concat
+from strategies.core import ArrayData, concat
 from strategies.protocol import fit
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Time the protocol against one plain fit; returns (and optionally writes) the result."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--fm", default="mammoclip")
     parser.add_argument("--task", default="density")
@@ -38,25 +39,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     one_thread()  # as the pooled and federated runners set up their processes
-    sites = load_sites()
-    with tempfile.TemporaryDirectory() as tmp:
-        write_synthetic_store(tmp, sites, [args.fm], args.scale, 0, show_progress=False)
-        entries = [read_entry(tmp, args.fm, s.name) for s in sites]
-    tasks = [t for i, e in enumerate(entries) if (t := site_task(e, args.task, i)) is not None]
-    data = concat([t.train for t in tasks])
+    data, n_domains = pooled_data(args.fm, args.task, args.scale)
     exp = Experiment(name="bench", study=StudyConfig(fms=(args.fm,), tasks=(args.task,)),
                      protocol=ProtocolConfig())
     config = exp.method_config("unified")
     n_classes = 4 if args.task == "density" else 3
     base, full, result = [], [], None
     # The first optimiser of a process imports torch's compiler stack: keep it out of the timings.
-    fit("unified", data.take(np.arange(64)), n_classes, len(tasks), config, do_search=False)
+    fit("unified", data.take(np.arange(64)), n_classes, n_domains, config, do_search=False)
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        fit("unified", data, n_classes, len(tasks), config, do_search=False)
+        fit("unified", data, n_classes, n_domains, config, do_search=False)
         base.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        result = fit("unified", data, n_classes, len(tasks), config, do_search=True)
+        result = fit("unified", data, n_classes, n_domains, config, do_search=True)
         full.append(time.perf_counter() - t0)
     out = {"bench": "protocol", "fm": args.fm, "task": args.task, "scale": args.scale,
            "n_train": len(data), "repeats": args.repeats,
@@ -65,16 +61,31 @@ def main(argv: list[str] | None = None) -> dict:
            "ratio": round(statistics.median(f / b for f, b in zip(full, base, strict=True)), 1),
            "chosen": {"batch_size": result.hparams.batch_size, "lr": result.hparams.lr},
            "torch_threads": torch.get_num_threads()}
-    out["markdown"] = (
-        f"## Paper protocol, Unified, one FM × task (`bench_protocol.py`)\n\n{args.fm} profile, "
-        f"{args.task}, scale {args.scale:g}, {len(data):,} training scans; the paper's search plus the "
-        "50-epoch retrain, on the default (lockstep) path. Baseline, in the same run: one 50-epoch fit at "
-        f"fixed hyperparameters (batch 32). Medians of {args.repeats}.\n\n"
+    out["markdown"] = markdown(out)
+    return emit(out, args.json)
+
+
+def pooled_data(fm: str, task: str, scale: float) -> tuple[ArrayData, int]:
+    """The synthetic sites' pooled training rows of ``fm`` × ``task``, and how many sites have the task."""
+    sites = load_sites()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic_store(tmp, sites, [fm], scale, 0, show_progress=False)
+        entries = [read_entry(tmp, fm, s.name) for s in sites]
+    tasks = [t for i, e in enumerate(entries) if (t := site_task(e, task, i)) is not None]
+    return concat([t.train for t in tasks]), len(tasks)
+
+
+def markdown(out: dict) -> str:
+    """BENCHMARKS.md's section for the result ``out`` of `main`."""
+    return (
+        f"## Paper protocol, Unified, one FM × task (`bench_protocol.py`)\n\n{out['fm']} profile, "
+        f"{out['task']}, scale {out['scale']:g}, {out['n_train']:,} training scans; the paper's search "
+        "plus the 50-epoch retrain, on the default (lockstep) path. Baseline, in the same run: one "
+        f"50-epoch fit at fixed hyperparameters (batch 32). Medians of {out['repeats']}.\n\n"
         "| what | seconds | ratio |\n|---|---|---|\n"
         f"| baseline: one 50-epoch fit (batch 32) | {out['baseline_single_fit_s']:.1f} | 1.0 |\n"
         f"| full protocol (27 CV runs + retrain) | {out['full_protocol_s']:.1f} | {out['ratio']:.1f} |\n\n"
-        f"The search chose batch {result.hparams.batch_size}, lr {result.hparams.lr:g}.\n")
-    return emit(out, args.json)
+        f"The search chose batch {out['chosen']['batch_size']}, lr {out['chosen']['lr']:g}.\n")
 
 
 if __name__ == "__main__":

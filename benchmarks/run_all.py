@@ -32,16 +32,34 @@ def machine_info() -> str:
     """One Markdown paragraph: CPU model, cores, RAM, torch and Python versions, date, commit."""
     import torch
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or "unknown CPU")
     mem = next((int(ln.split()[1]) / 2**20 for ln in Path("/proc/meminfo").read_text().splitlines()
                 if ln.startswith("MemTotal")), float("nan"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    return (f"Machine: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, no GPU used; Python "
+    return (f"Machine: {cpu_model()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, no GPU used; Python "
             f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads "
             f"by default, the scripts set their own); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-            f"commit {commit}.")
+            f"commit {commit()}.")
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
+    return next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")), platform.processor() or "unknown CPU")
+
+
+def commit() -> str:
+    """The checkout's short commit hash."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+
+
+def stamped(markdown: str, measured: str) -> str:
+    """A section with the line ``measured`` under its heading.
+
+    `--only` reruns some sections and keeps the others, which may come from another
+    machine or commit: each section says where and when its figures were measured.
+    """
+    heading, _, rest = markdown.partition("\n")
+    return f"{heading}\n\n{measured}\n{rest}".rstrip() + "\n"
 
 
 def split_sections(text: str) -> dict[str, str]:
@@ -76,10 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         scripts = [s for s in scripts if s.stem in set(args.only)]
     results = [run_script(s) for s in scripts]
     sections = split_sections(TARGET.read_text()) if args.only and TARGET.exists() else {}
-    sections |= {s.stem: r["markdown"].rstrip() + "\n" for s, r in zip(scripts, results, strict=True)}
+    measured = f"_Measured on {cpu_model()}, {time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit()}._"
+    sections |= {s.stem: stamped(r["markdown"], measured) for s, r in zip(scripts, results, strict=True)}
     header = ("# Benchmarks\n\nWritten by `make bench` (`benchmarks/run_all.py`). Every figure is a "
               "ratio against a baseline measured in the same run, medians of several runs; absolute "
-              "seconds are for scale and move with machine load.\n\n" + machine_info() + "\n")
+              "seconds are for scale and move with machine load. Each section names the machine and "
+              "commit it was measured on (`--only` reruns some sections and keeps the others).\n\n"
+              "Latest run: " + machine_info() + "\n")
     body = "\n".join(sections[k] for k in sorted(sections))
     from client.atomic import write_text
 

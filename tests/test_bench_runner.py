@@ -53,3 +53,19 @@ def test_failing_script_gets_a_section_and_only_keeps_the_others(runner):
     assert "bench_a failed" in text and "boom" in text
     assert "## Bee" in text and "b table" in text  # kept from the previous file
     assert text.index("bench_a failed") < text.index("## Bee")
+
+
+def test_each_section_names_where_it_was_measured_and_only_keeps_old_stamps(runner, monkeypatch):
+    module, root = runner
+    module.main([])
+    first = (root / "BENCHMARKS.md").read_text()
+    cpu = module.cpu_model()
+    assert first.count(f"_Measured on {cpu}, ") == 2
+    assert first.index("## Ay") < first.index("_Measured on") < first.index("a table")
+    monkeypatch.setattr(module, "cpu_model", lambda: "Other CPU")
+    assert module.main(["--only", "bench_a"]) == 0
+    text = (root / "BENCHMARKS.md").read_text()
+    ay, bee = text.index("## Ay"), text.index("## Bee")
+    assert "_Measured on Other CPU, " in text[ay:bee] and "a table" in text[ay:bee]
+    assert f"_Measured on {cpu}, " in text[bee:] and "b table" in text[bee:]  # kept as it was
+    assert "Latest run: Machine: Other CPU" in text
