@@ -9,20 +9,10 @@ from __future__ import annotations
 
 import json
 
+import fed_messages as fx
 import numpy as np
 import pytest
 import torch
-from fed_messages import (
-    SITES,
-    as_numpy,
-    make_plan,
-    probe_arrays,
-    reply,
-    send,
-    site_weights,
-    task_identity,
-    wce,
-)
 from flwr.serverapp.strategy.qfedavg import compute_delta_and_h
 
 from strategies.base import Batch, TaskSpec
@@ -30,7 +20,7 @@ from strategies.feddg_ga import FedDGGAStrategy, ga_step_size, generalization_ad
 from strategies.fedprox import FedProx, FedProxConfig, proximal_term
 from strategies.qffl import QFFLStrategy, qfedavg_aggregate
 
-__all__ = ["task_identity"]  # an autouse fixture: imported to apply here
+task_identity = fx.task_identity  # an autouse fixture: bound here to apply here
 
 
 # -- FedProx ----------------------------------------------------------------------------------
@@ -45,14 +35,14 @@ def test_proximal_term_by_hand_and_zero_when_pooled() -> None:
     b = Batch(torch.randn(6, 3), torch.tensor([0, 1, 1, 0, 1, 0]), torch.zeros(6, dtype=torch.long),
               torch.zeros(6, dtype=torch.long))
     _, logs = model.objective(b)  # pooled: no global model, Unified's loss
-    assert logs["loss"] == pytest.approx(wce(model, b))
+    assert logs["loss"] == pytest.approx(fx.wce(model, b))
     model.begin_round({})
     with torch.no_grad():
         model.linear.weight.add_(0.1)
         model.linear.bias.sub_(0.2)
     _, logs = model.objective(b)
     assert logs["prox"] == pytest.approx(0.25 * (6 * 0.01 + 2 * 0.04), rel=1e-5)
-    assert logs["loss"] == pytest.approx(wce(model, b) + logs["prox"], rel=1e-6)
+    assert logs["loss"] == pytest.approx(fx.wce(model, b) + logs["prox"], rel=1e-6)
 
 
 # -- q-FFL --------------------------------------------------------------------------------------
@@ -100,19 +90,19 @@ def test_qfedavg_with_q_zero_is_the_plain_mean() -> None:
 
 
 def test_qffl_strategy_uses_global_loss_of_the_sent_model() -> None:
-    strategy = QFFLStrategy(make_plan("qffl", q=0.5))
+    strategy = QFFLStrategy(fx.make_plan("qffl", q=0.5))
     rng = np.random.default_rng(5)
-    sent = probe_arrays(rng)
-    msgs = send(strategy, 1, sent)
-    local = {s: {k: v + 0.01 * rng.normal(size=v.shape) for k, v in sent.items()} for s in SITES}
+    sent = fx.probe_arrays(rng)
+    msgs = fx.send(strategy, 1, sent)
+    local = {s: {k: v + 0.01 * rng.normal(size=v.shape) for k, v in sent.items()} for s in fx.SITES}
     glob_loss = {"A": 0.4, "B": 1.5, "C": 0.9}
-    arrays, _ = strategy.aggregate_train(1, [reply(msgs[s], local[s], 20, glob_loss[s], train_loss=0.01)
+    arrays, _ = strategy.aggregate_train(1, [fx.reply(msgs[s], local[s], 20, glob_loss[s], train_loss=0.01)
                                             for s in ("B", "A")])
     keys = list(sent)
     oracle = flat_qfedavg(np.concatenate([sent[k].ravel() for k in keys]),
                           [np.concatenate([local[s][k].ravel() for k in keys]) for s in ("A", "B")],
                           [0.4, 1.5], 0.5, 1 / 0.01)
-    got = as_numpy(arrays)
+    got = fx.as_numpy(arrays)
     np.testing.assert_allclose(np.concatenate([got[k].ravel() for k in keys]), oracle, rtol=1e-12, atol=1e-12)
 
 
@@ -135,34 +125,35 @@ def test_ga_step_decays_linearly_and_scales_by_sites() -> None:
 
 
 def test_feddg_ga_strategy_pairs_next_global_loss_with_local_loss() -> None:
-    strategy = FedDGGAStrategy(make_plan("feddg_ga", num_rounds=5))
+    strategy = FedDGGAStrategy(fx.make_plan("feddg_ga", num_rounds=5))
     rng = np.random.default_rng(6)
-    msgs = send(strategy, 1, probe_arrays(rng))
-    strategy.aggregate_train(1, [reply(msgs[s], probe_arrays(rng), 20, 9.0, train_loss=0.5) for s in SITES])
-    assert site_weights(strategy, 1) == pytest.approx({s: 1 / 3 for s in SITES})  # no gap yet
+    msgs = fx.send(strategy, 1, fx.probe_arrays(rng))
+    strategy.aggregate_train(1, [fx.reply(msgs[s], fx.probe_arrays(rng), 20, 9.0, train_loss=0.5)
+                                 for s in fx.SITES])
+    assert fx.site_weights(strategy, 1) == pytest.approx({s: 1 / 3 for s in fx.SITES})  # no gap yet
     # Round 2: gaps = global-loss(round 2) - train_loss(round 1) = (0.5, 0.2, -0.1);
     # step 0.2 / 3 (K = 3, first update undecayed) on the normalised gaps (1, 0, -1).
-    msgs = send(strategy, 2, probe_arrays(rng))
-    local = {s: probe_arrays(rng) for s in SITES}
+    msgs = fx.send(strategy, 2, fx.probe_arrays(rng))
+    local = {s: fx.probe_arrays(rng) for s in fx.SITES}
     g2 = {"A": 1.0, "B": 0.7, "C": 0.4}
     t2 = {"A": 0.6, "B": 0.1, "C": 0.3}  # this round's local losses: used in round 3 only
-    replies = [reply(msgs[s], local[s], 20, g2[s], train_loss=t2[s]) for s in SITES]
+    replies = [fx.reply(msgs[s], local[s], 20, g2[s], train_loss=t2[s]) for s in fx.SITES]
     arrays, _ = strategy.aggregate_train(2, replies)
     a = {"A": 1 / 3 + 0.2 / 3, "B": 1 / 3, "C": 1 / 3 - 0.2 / 3}
-    assert site_weights(strategy, 2) == pytest.approx(a, abs=1e-12)
-    expected = sum(a[s] * local[s]["linear.weight"] for s in SITES)
-    np.testing.assert_allclose(as_numpy(arrays)["linear.weight"], expected, atol=1e-12)
+    assert fx.site_weights(strategy, 2) == pytest.approx(a, abs=1e-12)
+    expected = sum(a[s] * local[s]["linear.weight"] for s in fx.SITES)
+    np.testing.assert_allclose(fx.as_numpy(arrays)["linear.weight"], expected, atol=1e-12)
     # Round 3 without C: gaps A 0.5 - 0.6 = -0.1, B 0.2 - 0.1 = 0.1 (pairing with this
     # round's train_loss 0.1 would favour A instead); A and B share their mass, C keeps it.
-    msgs = send(strategy, 3, as_numpy(arrays))
-    strategy.aggregate_train(3, [reply(msgs[s], probe_arrays(rng), 20, g, train_loss=0.1)
+    msgs = fx.send(strategy, 3, fx.as_numpy(arrays))
+    strategy.aggregate_train(3, [fx.reply(msgs[s], fx.probe_arrays(rng), 20, g, train_loss=0.1)
                                  for s, g in (("A", 0.5), ("B", 0.2))])
     step = 0.2 / 3 * (1 - 1 / 5)
-    w3 = site_weights(strategy, 3)
+    w3 = fx.site_weights(strategy, 3)
     assert w3["C"] == pytest.approx(a["C"], abs=1e-12)
     assert [w3["A"], w3["B"]] == pytest.approx([a["A"] - step, a["B"] + step], abs=1e-12)
     gaps = {r["site"]: r["value"] for r in strategy.round_rows(3) if r["metric"] == "generalization_gap"}
     assert gaps == pytest.approx({"A": -0.1, "B": 0.1})
-    fresh = FedDGGAStrategy(make_plan("feddg_ga"))
+    fresh = FedDGGAStrategy(fx.make_plan("feddg_ga"))
     fresh.load_state_dict(json.loads(json.dumps(strategy.state_dict())))
-    assert site_weights(fresh, 3) == w3 and fresh.last_train == strategy.last_train
+    assert fx.site_weights(fresh, 3) == w3 and fresh.last_train == strategy.last_train

@@ -10,20 +10,10 @@ from __future__ import annotations
 import json
 import math
 
+import fed_messages as fx
 import numpy as np
 import pytest
 import torch
-from fed_messages import (
-    SITES,
-    as_numpy,
-    make_plan,
-    probe_arrays,
-    reply,
-    send,
-    site_weights,
-    task_identity,
-    wce,
-)
 
 from strategies.base import Batch, TaskSpec, get_method
 from strategies.feddg_ga import FedDGGAStrategy
@@ -39,7 +29,7 @@ from strategies.groupdro import (
 )
 from strategies.moe import MoEStrategy
 
-__all__ = ["task_identity"]  # an autouse fixture: imported to apply here
+task_identity = fx.task_identity  # an autouse fixture: bound here to apply here
 
 
 # -- GroupDRO / DRFA: pure functions --------------------------------------------------------
@@ -84,59 +74,59 @@ def test_federated_groupdro_client_minimises_its_plain_local_risk() -> None:
     b = Batch(torch.randn(8, 4), torch.tensor([0, 1] * 4), torch.full((8,), 2), torch.full((8,), 2))
     q0 = model.group_weights.weights.clone()
     _, logs = model.objective(b)  # pooled: q moves, loss = q_2 L_2 with q_2 < 1
-    assert logs["loss"] < wce(model, b)
+    assert logs["loss"] < fx.wce(model, b)
     model.group_weights.load_state_dict({"q": q0})
     model.begin_round({})
     _, logs = model.objective(b)
-    assert logs["loss"] == pytest.approx(wce(model, b))
+    assert logs["loss"] == pytest.approx(fx.wce(model, b))
     assert torch.equal(model.group_weights.weights, q0)
 
 
 # -- GroupDRO: strategy on hand-built replies ------------------------------------------------
 def test_groupdro_drfa_strategy_round_by_hand() -> None:
-    strategy = GroupDROStrategy(make_plan("groupdro"))
+    strategy = GroupDROStrategy(fx.make_plan("groupdro"))
     rng = np.random.default_rng(0)
-    msgs = send(strategy, 1, probe_arrays(rng))
-    local = {s: probe_arrays(rng) for s in SITES}
+    msgs = fx.send(strategy, 1, fx.probe_arrays(rng))
+    local = {s: fx.probe_arrays(rng) for s in fx.SITES}
     counts, losses = {"A": 10, "B": 30, "C": 60}, {"A": 1.0, "B": 2.0, "C": 0.5}
-    replies = [reply(msgs[s], local[s], counts[s], losses[s], train_loss=5.0) for s in ("C", "A", "B")]
+    replies = [fx.reply(msgs[s], local[s], counts[s], losses[s], train_loss=5.0) for s in ("C", "A", "B")]
     arrays, _ = strategy.aggregate_train(1, replies)
     # Start (0.1, 0.3, 0.6); + 0.1 (1, 2, 0.5) = (0.2, 0.5, 0.65); excess 0.35 removed evenly.
     lam = {"A": 0.2 - 0.35 / 3, "B": 0.5 - 0.35 / 3, "C": 0.65 - 0.35 / 3}
-    assert site_weights(strategy, 1) == pytest.approx(lam, abs=1e-12)
+    assert fx.site_weights(strategy, 1) == pytest.approx(lam, abs=1e-12)
     for key in ("linear.weight", "linear.bias"):
-        expected = sum(lam[s] * local[s][key] for s in SITES)
-        np.testing.assert_allclose(as_numpy(arrays)[key], expected, atol=1e-12)
+        expected = sum(lam[s] * local[s][key] for s in fx.SITES)
+        np.testing.assert_allclose(fx.as_numpy(arrays)[key], expected, atol=1e-12)
     # Round 2 without C: C keeps its weight; A, B share their mass 0.4667 with γ = 0.09:
     # (0.0833 + 0.27, 0.3833 + 0.09) = (0.3533, 0.4733), excess 0.36 removed evenly.
-    msgs = send(strategy, 2, as_numpy(arrays))
-    local = {s: probe_arrays(rng) for s in SITES}
-    arrays, _ = strategy.aggregate_train(2, [reply(msgs["A"], local["A"], 10, 3.0),
-                                            reply(msgs["B"], local["B"], 30, 1.0)])
+    msgs = fx.send(strategy, 2, fx.as_numpy(arrays))
+    local = {s: fx.probe_arrays(rng) for s in fx.SITES}
+    arrays, _ = strategy.aggregate_train(2, [fx.reply(msgs["A"], local["A"], 10, 3.0),
+                                            fx.reply(msgs["B"], local["B"], 30, 1.0)])
     lam2 = {"A": lam["A"] + 0.27 - 0.18, "B": lam["B"] + 0.09 - 0.18, "C": lam["C"]}
-    assert site_weights(strategy, 2) == pytest.approx(lam2, abs=1e-12)
+    assert fx.site_weights(strategy, 2) == pytest.approx(lam2, abs=1e-12)
     expected = (lam2["A"] * local["A"]["linear.weight"] + lam2["B"] * local["B"]["linear.weight"]) / (
         lam2["A"] + lam2["B"])
-    np.testing.assert_allclose(as_numpy(arrays)["linear.weight"], expected, atol=1e-12)
+    np.testing.assert_allclose(fx.as_numpy(arrays)["linear.weight"], expected, atol=1e-12)
     # The state survives JSON and restores into a fresh strategy.
-    fresh = GroupDROStrategy(make_plan("groupdro"))
+    fresh = GroupDROStrategy(fx.make_plan("groupdro"))
     fresh.load_state_dict(json.loads(json.dumps(strategy.state_dict())))
-    assert site_weights(fresh, 2) == site_weights(strategy, 2) and fresh.started
+    assert fx.site_weights(fresh, 2) == fx.site_weights(strategy, 2) and fresh.started
 
 
 def test_groupdro_eg_strategy_starts_uniform() -> None:
-    strategy = GroupDROStrategy(make_plan("groupdro", server_rule="eg", server_eta=0.5))
+    strategy = GroupDROStrategy(fx.make_plan("groupdro", server_rule="eg", server_eta=0.5))
     rng = np.random.default_rng(1)
-    msgs = send(strategy, 1, probe_arrays(rng))
+    msgs = fx.send(strategy, 1, fx.probe_arrays(rng))
     losses = {"A": 1.0, "B": 2.0, "C": 0.5}
-    strategy.aggregate_train(1, [reply(msgs[s], probe_arrays(rng), 50, losses[s]) for s in SITES])
+    strategy.aggregate_train(1, [fx.reply(msgs[s], fx.probe_arrays(rng), 50, losses[s]) for s in fx.SITES])
     raw = {s: math.exp(0.5 * loss) for s, loss in losses.items()}
-    assert site_weights(strategy, 1) == pytest.approx({s: r / sum(raw.values()) for s, r in raw.items()})
+    assert fx.site_weights(strategy, 1) == pytest.approx({s: r / sum(raw.values()) for s, r in raw.items()})
 
 
 # -- MoE ------------------------------------------------------------------------------------
 def moe_arrays(rng: np.random.Generator, d: int = 4, c: int = 2) -> dict[str, np.ndarray]:
-    e = len(SITES)
+    e = len(fx.SITES)
     return {"router.weight": rng.normal(size=(e, d)).astype(np.float32),
             "router.bias": rng.normal(size=e).astype(np.float32),
             "experts.weight": rng.normal(size=(e, c, d)).astype(np.float32),
@@ -145,14 +135,14 @@ def moe_arrays(rng: np.random.Generator, d: int = 4, c: int = 2) -> dict[str, np
 
 
 def test_moe_experts_from_their_site_gate_by_examples() -> None:
-    strategy = MoEStrategy(make_plan("moe"))
+    strategy = MoEStrategy(fx.make_plan("moe"))
     rng = np.random.default_rng(2)
-    msgs = send(strategy, 1, moe_arrays(rng))
-    local = {s: moe_arrays(rng) for s in SITES}
+    msgs = fx.send(strategy, 1, moe_arrays(rng))
+    local = {s: moe_arrays(rng) for s in fx.SITES}
     n = {"A": 10, "B": 30, "C": 60}
-    arrays, _ = strategy.aggregate_train(1, [reply(msgs[s], local[s], n[s], 1.0) for s in ("B", "C", "A")])
-    got = as_numpy(arrays)
-    for e, s in enumerate(SITES):
+    arrays, _ = strategy.aggregate_train(1, [fx.reply(msgs[s], local[s], n[s], 1.0) for s in ("B", "C", "A")])
+    got = fx.as_numpy(arrays)
+    for e, s in enumerate(fx.SITES):
         np.testing.assert_array_equal(got["experts.weight"][e], local[s]["experts.weight"][e])
         np.testing.assert_array_equal(got["experts.bias"][e], local[s]["experts.bias"][e])
     for key in ("router.weight", "router.bias"):
@@ -161,10 +151,10 @@ def test_moe_experts_from_their_site_gate_by_examples() -> None:
         assert got[key].dtype == np.float32
     # Round 2 without B (domain 1): its expert stays as sent; the gate averages A and C.
     sent = got
-    msgs = send(strategy, 2, sent)
-    local = {s: moe_arrays(rng) for s in SITES}
-    arrays, _ = strategy.aggregate_train(2, [reply(msgs[s], local[s], n[s], 1.0) for s in ("A", "C")])
-    got = as_numpy(arrays)
+    msgs = fx.send(strategy, 2, sent)
+    local = {s: moe_arrays(rng) for s in fx.SITES}
+    arrays, _ = strategy.aggregate_train(2, [fx.reply(msgs[s], local[s], n[s], 1.0) for s in ("A", "C")])
+    got = fx.as_numpy(arrays)
     np.testing.assert_array_equal(got["experts.weight"][1], sent["experts.weight"][1])
     np.testing.assert_array_equal(got["experts.bias"][1], sent["experts.bias"][1])
     np.testing.assert_array_equal(got["experts.weight"][2], local["C"]["experts.weight"][2])
