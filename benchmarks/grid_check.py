@@ -67,15 +67,18 @@ def grid_check(task: str, c: int, upd: dict, workers_model: dict, scale: float =
         write_synthetic_store(root / "store", load_sites(), list(FMS), scale, 0, False)
         (root / "exp.toml").write_text(experiment_toml(root / "store", scale, task))
         exp = load_experiment(root / "exp.toml")
-        real = {}
+        real, hparams = {}, {}
         for n in (1, workers):
             t0 = time.perf_counter()
-            result = run_pooled_experiment(exp, root / f"out{n}", False, workers=n)
+            hparams[n] = run_pooled_experiment(exp, root / f"out{n}", False, workers=n).hparams
             real[n] = time.perf_counter() - t0
-    pairs = predicted(result.hparams, c, upd)
+    pairs = predicted(hparams[1], c, upd)
+    # Each model's own training seconds in the one-process run, in `predicted`'s order.
+    measured = [t for fm in FMS for t in hparams[1].loc[hparams[1]["fm"] == fm, "train_s"]]
+    ratios = [m / p for m, p in zip(measured, [s for _, p in pairs for s in p], strict=True)]
     serial = sum(sum(p) for _, p in pairs)
     parallel = worker_wall(pairs, workers_model["slowdown"], workers_model["worker_startup_s"], workers)
-    return {"scale": scale, "task": task, "n_train": int(result.hparams["n_train"].iloc[0]),
-            "retrain_bs": {f"{r.fm}/{r.method}": int(r.batch_size) for r in result.hparams.itertuples()},
-            "serial_s": real[1], "serial_predicted_s": serial,
+    return {"scale": scale, "task": task, "n_train": int(hparams[1]["n_train"].iloc[0]),
+            "retrain_bs": {f"{r.fm}/{r.method}": int(r.batch_size) for r in hparams[1].itertuples()},
+            "serial_s": real[1], "serial_predicted_s": serial, "model_ratios": (min(ratios), max(ratios)),
             "parallel_s": real[workers], "parallel_predicted_s": parallel}

@@ -111,11 +111,13 @@ def _grid_part(g: dict, tasks: dict) -> list[str]:
 def _check_part(k: dict, workers: int) -> list[str]:
     """The model's prediction of a small real grid against the run itself."""
     chosen = ", ".join(f"{m} {bs}" for m, bs in k["retrain_bs"].items())
+    low, high = k["model_ratios"]
     return ["", f"Check of the model, in the same run: a real `fedmammo pooled` of DANN and FairDisCO on "
             f"mammoclip (2048-wide) and medclip (512-wide) × {k.get('task', 'density')}, the paper's full "
             f"protocol on {k['scale']:g} of Table 2's rows ({k['n_train']:,} training rows; retrain batch "
             f"sizes chosen: {chosen}), took **{k['serial_s']:.0f} s** in one process, against "
             f"{k['serial_predicted_s']:.0f} s predicted by the model above from its step times "
-            f"(measured/predicted {k['serial_s'] / k['serial_predicted_s']:.2f}), and "
+            f"(measured/predicted {k['serial_s'] / k['serial_predicted_s']:.2f}; model by model, from "
+            f"each one's `train_s` in `hparams.parquet`, {low:.2f}–{high:.2f}), and "
             f"**{k['parallel_s']:.0f} s** on {workers} workers, against {k['parallel_predicted_s']:.0f} s "
             f"predicted ({k['parallel_s'] / k['parallel_predicted_s']:.2f})."]

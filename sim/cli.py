@@ -154,6 +154,24 @@ def _pooled(args: argparse.Namespace, quiet: bool) -> None:
     console.print(Markdown("\n".join(results.tables.values())))
     console.print(f"wrote {args.out}/metrics.parquet and table3.md "
                   f"in {time.perf_counter() - start:.0f} s")
+    if len(results.hparams):
+        console.print(training_summary(results.hparams))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def training_summary(hparams: pd.DataFrame) -> str:
+    """One line on where a pooled run's time went, from ``hparams.parquet``'s ``train_s``.
+
+    The models' summed training time (on workers, more than the wall time) and the
+    slowest model, which bounds how far more workers can shorten the run.
+    """
+    slow = hparams.loc[hparams["train_s"].idxmax()]
+    return (f"{len(hparams)} models trained in {_duration(hparams['train_s'].sum())} of model time; "
+            f"slowest: {slow['fm']} · {slow['task']} · {slow['method']} ({slow['trained_on']}), "
+            f"{_duration(slow['train_s'])}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 import pandas as pd
@@ -108,17 +109,26 @@ def train_job(
         `n_domains` of the task.
     job : tuple
         (method, trained_on, training sites).
+
+    Returns
+    -------
+    tuple
+        The model's history rows, and its hyperparameter row: the chosen batch size,
+        learning rate and epochs, its training rows and ``train_s``, the wall seconds its
+        search and retrain took (on a worker, beside whatever the other workers ran).
     """
     method, trained_on, train_sites = job
     classes = task_classes(task)
     data = concat([tasks[s].train for s in train_sites])
+    start = time.perf_counter()
     result = fit(method, data, len(classes), domains, exp.method_config(method),
                  do_search=exp.protocol.search, folds=exp.protocol.folds, seed=exp.protocol.seed)
+    seconds = time.perf_counter() - start
     key = RunKey("pooled", fm, task, method, trained_on)
     history = rows_from_counts(key, evaluate(result, tasks, len(classes)), classes, task)
     hp = {"fm": fm, "task": task, "method": method, "trained_on": trained_on,
           "batch_size": result.hparams.batch_size, "lr": result.hparams.lr,
-          "epochs": result.hparams.epochs, "n_train": len(data)}
+          "epochs": result.hparams.epochs, "n_train": len(data), "train_s": seconds}
     return history, hp
 
 
