@@ -1,8 +1,8 @@
 """Compiled cross-entropy logit gradients for the engines that train many runs at once.
 
-A lockstep step of a linear probe (`strategies.lockstep`) and a stacked step of DANN or
-FairDisCO (`strategies.stacked`) each need the gradient of a weighted cross-entropy with
-respect to a few hundred logits. As torch or numpy calls (scale, softmax, scatter,
+A lockstep step of a linear probe (`strategies.lockstep`) needs the gradient of a
+weighted cross-entropy with respect to a few hundred logits (the stacked steps' own are
+in `strategies._stacked_kernels`). As torch or numpy calls (scale, softmax, scatter,
 multiply, add) that is four or five dispatches of a few microseconds each, about a
 sixth of a batch-8 lockstep step on this machine; here it is one loop.
 
@@ -64,16 +64,3 @@ def softmax_rows_(logits: np.ndarray, out: np.ndarray) -> None:
                 dst[c] = np.exp(row[c] - top)
                 total += dst[c]
             dst /= total
-
-
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-def stacked_ce_grad_(logits: np.ndarray, target: np.ndarray, row_weight: np.ndarray, out: np.ndarray) -> None:
-    """``r_i (softmax(z_i) − onehot(t_i))`` for every run: (L, B, K) float32 into ``out``.
-
-    ``target`` (B,) int64 and ``row_weight`` (B,) float32 are shared by the runs.
-    """
-    softmax_rows_(logits, out)
-    for r in range(logits.shape[0]):
-        for b in range(logits.shape[1]):
-            out[r, b, target[b]] -= 1.0
-            out[r, b] *= row_weight[b]

@@ -1,9 +1,11 @@
 """FairDisCO's gradient for stacked runs (`strategies.stacked`): `FairDisCo.update`, run by run.
 
 The same losses, gradients and BatchNorm statistics as the per-run hand-written step
-(`strategies.fairdisco`; the BatchNorm and SupCon pieces of `strategies.fairdisco_grads`
-take the run axis as they are), with a leading run axis (weights held transposed,
-``(L, in, out)``); the runs share the batch, so the label masks of the
+(`strategies.fairdisco`; the BatchNorm and SupCon kernels of
+`strategies._fairdisco_kernels` take the run axis as they are), with a leading run axis
+(weights held transposed, ``(L, in, out)``). Every product is a batched matmul into the
+step's own tensors (`strategies.stacked_layers`) and each piece between two products one
+compiled pass; the runs share the batch, so the label masks of the
 supervised-contrastive term are computed once.
 """
 
@@ -11,11 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
-from strategies.fairdisco_grads import supcon_grad
-from strategies.stacked import back, stacked_ce_grad, stacked_grads, stacked_linear
+from strategies.stacked_layers import NO_EXTRA, Scratch, back_, linear_, product, scratch, weight_grads
 
 if TYPE_CHECKING:
     from strategies.base import Method
@@ -26,32 +26,34 @@ PROJECTION = ("projection.0.weight", "projection.0.bias", "projection.1.weight",
               "projection.3.weight", "projection.3.bias")
 
 
-def _contrastive(model: Method, s: dict[str, Tensor], g: dict[str, Tensor], h: Tensor, y: Tensor) -> Tensor:
+def _contrastive(model: Method, w: Scratch, g: dict[str, Tensor], y: Tensor) -> Tensor:
     """β·SupCon's projection gradients into ``g``; returns its dL/dh (L, B, bottleneck).
 
     The BatchNorm and ReLU between the two products, both ways, are one compiled call
     each (`strategies._fairdisco_kernels`): as torch calls they were some twenty passes
     over (L, B, 512) tensors, a fifth of a batch-32 step.
     """
-    from strategies._fairdisco_kernels import bn_relu_backward_, bn_relu_forward_
+    from strategies._fairdisco_kernels import bn_relu_backward_, bn_relu_forward_, supcon_grad_
+    from strategies._stacked_kernels import back_sum_
 
-    c, bn = model.config, model.projection[1]
-    xhat = stacked_linear(s, "projection.0", h)  # normalised in place below
-    r, inv = torch.empty_like(xhat), torch.empty_like(s["projection.1.bias"])
+    c, bn, s = model.config, model.projection[1], w.s
+    xhat = linear_(w, "projection.0", w["h"], "xhat", relu=False)  # normalised in place below
     gamma, tracked = s["projection.1.weight"], s["projection.1.num_batches_tracked"]
     n = xhat.shape[1]
     m = bn.momentum if bn.momentum is not None else 1.0 / float(tracked.reshape(-1)[0] + 1)
     bn_relu_forward_(xhat.numpy(), gamma.numpy(), s["projection.1.bias"].numpy(), bn.eps, m, n / (n - 1),
                      s["projection.1.running_mean"].numpy(), s["projection.1.running_var"].numpy(),
-                     inv.numpy(), r.numpy())
-    tracked.add_(1)
-    _, d_zp = supcon_grad(stacked_linear(s, "projection.3", r), y, c.temperature, c.beta)
-    stacked_grads(g, "projection.3", d_zp, r)
-    d_a1 = back(d_zp, s, "projection.3")  # dL/dr, turned into dL/da1 in place below
-    bn_relu_backward_(d_a1.numpy(), r.numpy(), xhat.numpy(), inv.numpy(), gamma.numpy(),
+                     w["inv"].numpy(), w["r"].numpy())
+    tracked.numpy()[...] += 1
+    zp, d_zp = linear_(w, "projection.3", w["r"], "zp", relu=False), w["d_zp"]
+    supcon_grad_(zp.numpy(), y.numpy(), c.temperature, c.beta, d_zp.numpy(), w["losses"].numpy())
+    back_sum_(d_zp.numpy(), NO_EXTRA, 0.0, d_zp.numpy(), g["projection.3.bias"].numpy(), False)
+    d_a1 = back_(w, "projection.3", d_zp, "d_a1")  # dL/dr, turned into dL/da1 in place below
+    bn_relu_backward_(d_a1.numpy(), w["r"].numpy(), xhat.numpy(), w["inv"].numpy(), gamma.numpy(),
                       g["projection.1.weight"].numpy(), g["projection.1.bias"].numpy())
-    stacked_grads(g, "projection.0", d_a1, h)
-    return back(d_a1, s, "projection.0")
+    back_sum_(d_a1.numpy(), NO_EXTRA, 0.0, d_a1.numpy(), g["projection.0.bias"].numpy(), False)
+    weight_grads(w, g, (("projection.3", "r", d_zp), ("projection.0", "h", d_a1)))
+    return back_(w, "projection.0", d_a1, "d_proj")
 
 
 def stacked_update(model: Method, s: dict[str, Tensor], g: dict[str, Tensor], batch: StackedBatch
@@ -68,22 +70,35 @@ def stacked_update(model: Method, s: dict[str, Tensor], g: dict[str, Tensor], ba
         The step's rows.
     """
     from strategies._fairdisco_kernels import attribute_grads_
+    from strategies._stacked_kernels import back_sum_, ce_grad_bias_, site_rows_
 
-    h = stacked_linear(s, "bottleneck", batch.x)
-    d_label = stacked_ce_grad(stacked_linear(s, "classifier", h), batch.y, batch.w)
-    known = (batch.group >= 0).to(h.dtype)
-    row = known / known.sum().clamp(min=1)
-    logits = stacked_linear(s, "attribute", h)
+    w = scratch(model, s, batch, _sizes(s))
+    h = linear_(w, "bottleneck", w.shared(batch.x), "h", relu=False)
+    lc, dc = product(w, "classifier", h, "lc"), w["dc"]
+    ce_grad_bias_(lc.numpy(), s["classifier.bias"].numpy(), batch.y.numpy(), batch.w.numpy(), dc.numpy(),
+                  g["classifier.bias"].numpy())
+    site_rows_(batch.group.numpy(), w.row.numpy(), w.codes.numpy())
     # The attribute head's CE sees sg(h); only the confusion term reaches h.
-    d_attr, d_conf = torch.empty_like(logits), torch.empty_like(logits)
-    attribute_grads_(logits.numpy(), batch.group.clamp(min=0).numpy(), row.numpy(), model.config.alpha,
-                     d_attr.numpy(), d_conf.numpy())
-    stacked_grads(g, "classifier", d_label, h)
-    stacked_grads(g, "attribute", d_attr, h)
-    d_h = back(d_label, s, "classifier").add_(back(d_conf, s, "attribute"))
+    la, d_attr, d_conf = linear_(w, "attribute", h, "la", relu=False), w["d_attr"], w["d_conf"]
+    attribute_grads_(la.numpy(), w.codes.numpy(), w.row.numpy(), model.config.alpha, d_attr.numpy(),
+                     d_conf.numpy())
+    back_sum_(d_attr.numpy(), NO_EXTRA, 0.0, d_attr.numpy(), g["attribute.bias"].numpy(), False)
+    d_h = back_(w, "classifier", dc, "d_h")
+    back_sum_(d_h.numpy(), back_(w, "attribute", d_conf, "d_rev").numpy(), 1.0, d_h.numpy(),
+              g["bottleneck.bias"].numpy(), False)
     skipped: tuple[str, ...] = PROJECTION
     if batch.x.shape[0] >= 2:  # BatchNorm cannot normalise one row; one row has no positive pair
-        d_h.add_(_contrastive(model, s, g, h, batch.y))
+        back_sum_(d_h.numpy(), _contrastive(model, w, g, batch.y).numpy(), 1.0, d_h.numpy(),
+                  g["bottleneck.bias"].numpy(), False)
         skipped = ()
-    stacked_grads(g, "bottleneck", d_h, batch.x)
+    weight_grads(w, g, (("bottleneck", "x", d_h), ("classifier", "h", dc), ("attribute", "h", d_attr)),
+                 batch.x)
     return skipped
+
+
+def _sizes(s: dict[str, Tensor]) -> dict[str, int | tuple[int, ...]]:
+    """The step's `Scratch` buffers: each (L, B, width), or (L, *shape) for a tuple."""
+    hid, c = s["classifier.weight"].shape[1:]
+    a, p, d = (s[f"{k}.weight"].shape[2] for k in ("attribute", "projection.0", "projection.3"))
+    return {"h": hid, "d_h": hid, "d_rev": hid, "d_proj": hid, "lc": c, "dc": c, "la": a, "d_attr": a,
+            "d_conf": a, "xhat": p, "r": p, "d_a1": p, "zp": d, "d_zp": d, "inv": (p,), "losses": ()}

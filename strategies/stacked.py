@@ -6,10 +6,12 @@ weights and see the same minibatches. Here they train together: each parameter a
 buffer is one tensor with a leading run axis (L learning rates), a step is one gathered
 minibatch, one call of the method's stacked gradient (batched matmuls over the runs,
 the first layer's products sharing the batch) and one compiled Adam update of every run
-(`StackedAdam`). A step of these methods costs some fifty small operations whose Python
-and dispatch overhead at batch 8–32 rivals their arithmetic; stacked, it is paid once
-for L runs. (Stacking the folds as well was slower on a 2-core machine: nine runs' weights
-and Adam moments no longer stay in cache between steps.)
+(`StackedAdam`). A step of these methods costs a few dozen small operations whose
+overhead at batch 8–32 rivals their arithmetic; stacked, it is paid once for L runs, and
+the steps keep it low (`strategies.stacked_layers`): their products write into tensors
+made once per run, and the rows are gathered into the same tensors each step. (Stacking
+the folds as well was slower on a 2-core machine: nine runs' weights and Adam moments no
+longer stay in cache between steps.)
 
 The runs are the per-config path's (`strategies.core.train`): the same initial weights
 (the method built right after seeding ``seed + f``), per-epoch permutations (a generator
@@ -30,7 +32,8 @@ A method opts in by setting ``stacked_step`` on its class: a function
 running statistics), where ``state`` maps the model's state-dict keys to stacked tensors
 (weights transposed as above) and ``model`` is an instance whose ``begin_epoch`` has set
 the epoch's state (e.g. DANN's λ). It returns the names of parameters it left without a
-gradient this step (Adam skips them), or None.
+gradient this step (Adam skips them), or None. The batch's tensors are overwritten by
+the next step's rows.
 """
 
 from __future__ import annotations
@@ -127,17 +130,44 @@ def _train_stacked(cls: type[Method], data: ArrayData, spec: TaskSpec, config: M
     w = model.class_weights[y]
     gen, n = torch.Generator().manual_seed(seed), len(data)
     step: StepFn = cls.stacked_step
+    gather = _Gather(x, y, w, group, bs)
     model.train()
     with flush_denormals(cls.flush_denormals):
         for epoch in range(epochs):
             model.begin_epoch(epoch / max(epochs, 1))
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen).numpy()
             for i in range(0, n, bs):
-                idx = perm[i : i + bs]
-                rows = [t.index_select(0, idx) for t in (x, y, w, group)]  # as `strategies.core.fit_epochs`
-                batch = StackedBatch(rows[0], rows[1], rows[2] / len(idx), rows[3])
-                adam.step(step(model, state, adam.grads, batch) or ())
+                adam.step(step(model, state, adam.grads, gather(perm[i : i + bs])) or ())
     return model, [{k: _unstack(v, j) for k, v in state.items()} for j in range(len(lrs))]
+
+
+class _Gather:
+    """Minibatches gathered into the same tensors step after step, as `strategies.core.fit_epochs` draws them.
+
+    One compiled pass (`strategies._stacked_kernels.gather_rows_`) where four
+    ``index_select`` calls and a division each started cold after the previous step's
+    Adam pass; the step's tensors also keep their identity, so its scratch views
+    (`strategies.stacked_layers.Scratch`) stay valid. A batch holds until the next call.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, w: Tensor, group: Tensor, bs: int) -> None:
+        self.src = tuple(t.numpy() for t in (x, y, w, group))
+        self.full = StackedBatch(torch.empty(bs, x.shape[1]), torch.empty(bs, dtype=torch.int64),
+                                 torch.empty(bs), torch.empty(bs, dtype=torch.int64))
+        self.out = tuple(t.numpy() for t in (self.full.x, self.full.y, self.full.w, self.full.group))
+        self.batches = {bs: self.full}
+
+    def __call__(self, idx: np.ndarray) -> StackedBatch:
+        """The rows ``idx`` (int64)."""
+        from strategies._stacked_kernels import gather_rows_
+
+        m = len(idx)
+        gather_rows_(*self.src, idx, *(a[:m] for a in self.out))
+        batch = self.batches.get(m)
+        if batch is None:  # the epoch's last, partial batch: the first m rows of the same tensors
+            f = self.full
+            batch = self.batches[m] = StackedBatch(f.x[:m], f.y[:m], f.w[:m], f.group[:m])
+        return batch
 
 
 def train_one_stacked(cls: type[Method], data: ArrayData, spec: TaskSpec, config: MethodConfig,
@@ -150,38 +180,6 @@ def train_one_stacked(cls: type[Method], data: ArrayData, spec: TaskSpec, config
     model, (state,) = _train_stacked(cls, data, spec, config, (hp.lr,), hp.batch_size, hp.epochs, seed)
     model.load_state_dict(state)  # the instance keeps its last epoch's state, as `train`'s does
     return model.eval()
-
-
-# -- Layer math on stacked runs (weights held (L, in, out)), for the methods' stacked steps --
-
-def stacked_linear(s: dict[str, Tensor], layer: str, inp: Tensor) -> Tensor:
-    """``inp @ W.T + b`` for every run: (B, in) or (L, B, in) → (L, B, out)."""
-    return torch.matmul(inp, s[f"{layer}.weight"]).add_(s[f"{layer}.bias"][:, None])
-
-
-def stacked_grads(g: dict[str, Tensor], layer: str, d_out: Tensor, inp: Tensor) -> None:
-    """Write a stacked layer's weight (in, out) and bias gradients from dL/d(output) and its input."""
-    if inp.dim() == 2:  # the batch itself, shared by the runs
-        inp = inp.expand(d_out.shape[0], *inp.shape)
-    torch.bmm(inp.transpose(1, 2), d_out, out=g[f"{layer}.weight"])
-    torch.sum(d_out, 1, out=g[f"{layer}.bias"])
-
-
-def stacked_ce_grad(logits: Tensor, target: Tensor, row_weight: Tensor) -> Tensor:
-    """Gradient of Σ_i r_i CE(z_i, t_i) w.r.t. logits (L, B, K): r_i (softmax − onehot); t, r are (B,).
-
-    One compiled call (`strategies._ce_kernels`) where torch took five.
-    """
-    from strategies._ce_kernels import stacked_ce_grad_
-
-    out = torch.empty_like(logits)
-    stacked_ce_grad_(logits.numpy(), target.numpy(), row_weight.numpy(), out.numpy())
-    return out
-
-
-def back(d_out: Tensor, s: dict[str, Tensor], layer: str) -> Tensor:
-    """dL/d(input) of a stacked layer: ``d_out @ W`` with W held (in, out)."""
-    return torch.matmul(d_out, s[f"{layer}.weight"].transpose(1, 2))
 
 
 def _stack(t: Tensor, runs: int) -> Tensor:

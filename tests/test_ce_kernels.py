@@ -1,4 +1,4 @@
-"""The compiled cross-entropy logit gradients of the lockstep and stacked engines, against autograd."""
+"""The compiled cross-entropy logit gradient of the lockstep engine, against autograd."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from strategies._ce_kernels import ce_logit_grad_
-from strategies.stacked import stacked_ce_grad
 
 
 def test_lockstep_logit_gradient_is_autograds_for_every_fold_and_learning_rate():
@@ -29,14 +28,3 @@ def test_lockstep_logit_gradient_is_autograds_for_every_fold_and_learning_rate()
             (grad,) = torch.autograd.grad(loss, logits)
             torch.testing.assert_close(dz[f, :, j, :].T, grad, rtol=1e-5, atol=1e-7)
 
-
-def test_stacked_logit_gradient_is_autograds_for_every_run():
-    gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(3, 6, 5, generator=gen) * 4
-    target = torch.randint(0, 5, (6,), generator=gen)
-    row = torch.rand(6, generator=gen)
-    got = stacked_ce_grad(logits, target, row)
-    for r in range(3):
-        z = logits[r].clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad((row * F.cross_entropy(z, target, reduction="none")).sum(), z)
-        torch.testing.assert_close(got[r], grad, rtol=1e-5, atol=1e-7)
