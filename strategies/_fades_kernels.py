@@ -41,19 +41,25 @@ def leaky_back_(d: np.ndarray, ref: np.ndarray, slope: float, bias_grad: np.ndar
 
 # Reassociation only (to vectorise the sum): a NaN residual must stay NaN, as in torch.
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def l1_sign_(x: np.ndarray, scale: float) -> float:
-    """Sum of ``|x|`` over a 2-D array; overwrites ``x`` with ``scale · sign(x)`` (0 at 0, NaN at NaN).
+def l1_residual_(out: np.ndarray, bias: np.ndarray, target: np.ndarray, scale: float,
+                 bias_grad: np.ndarray) -> float:
+    """Sum of ``|out + bias - target|`` over (N, d); overwrites ``out`` with ``scale · sign`` of it.
 
-    The L1 reconstruction term and its gradient in one pass over the (N, d) residual,
-    where torch's abs, sum, sign and scale make four, each out of cache at d = 2048.
+    The sign is 0 at 0 and NaN at NaN; ``bias_grad`` gets the column sums of the new
+    ``out``. The decoder's last bias, the residual, the L1 reconstruction term, its
+    gradient and the bias's gradient in one pass over (N, d), where torch's bias copy
+    (of ``addmm``), subtraction, abs, sum, sign, scale and column sum made seven, each
+    out of cache at d = 2048.
     """
     total = 0.0  # float64: d · N terms
     up, down, zero = np.float32(scale), np.float32(-scale), np.float32(0.0)
-    for i in range(x.shape[0]):
-        for t in range(x.shape[1]):
-            v = x[i, t]
+    bias_grad[:] = 0.0
+    for i in range(out.shape[0]):
+        for t in range(out.shape[1]):
+            v = (out[i, t] + bias[t]) - target[i, t]
             total += abs(v)
-            x[i, t] = up if v > 0 else (down if v < 0 else (zero if v == 0 else v))
+            out[i, t] = up if v > 0 else (down if v < 0 else (zero if v == 0 else v))
+            bias_grad[t] += out[i, t]
     return total
 
 
@@ -96,10 +102,14 @@ def softmax_ce_(z: np.ndarray, target: np.ndarray, class_weight: np.ndarray, sca
 
 
 @njit(cache=True, nogil=True)
-def reparameterise(enc: np.ndarray, eps: np.ndarray, z: np.ndarray) -> float:
+def reparameterise(enc: np.ndarray, eps: np.ndarray, z: np.ndarray, var: np.ndarray) -> float:
     """``z = mu + eps · exp(logvar / 2)`` from the encoder's output ``[mu | logvar]``; returns the KL.
 
     The KL is `strategies.fades.gaussian_kl`'s: summed over the latent, mean over the rows.
+    For `reparameterise_back`, ``eps`` is overwritten with ``eps · std`` and ``var`` gets
+    ``std²`` (within two ulps of ``exp(logvar)``, and overflowing with it): one scalar
+    ``exp`` per element, where the two passes took four (a third of their 60 µs at
+    batch 32).
     """
     d, half = z.shape[1], np.float32(0.5)
     kl = 0.0
@@ -107,22 +117,43 @@ def reparameterise(enc: np.ndarray, eps: np.ndarray, z: np.ndarray) -> float:
         for t in range(d):
             mu, logvar = enc[i, t], enc[i, d + t]
             # float32 as torch computes them; std not as sqrt(var), which overflows twice as early.
-            std, var = np.exp(half * logvar), np.exp(logvar)
-            z[i, t] = mu + eps[i, t] * std
-            kl -= 0.5 * (1.0 + logvar - mu * mu - var)
+            std = np.exp(half * logvar)
+            eps[i, t] *= std
+            var[i, t] = std * std
+            z[i, t] = mu + eps[i, t]
+            kl -= 0.5 * (1.0 + logvar - mu * mu - var[i, t])
     return kl / z.shape[0]
 
 
 @njit(cache=True, nogil=True)
-def reparameterise_back(enc: np.ndarray, eps: np.ndarray, d_z: np.ndarray, out: np.ndarray) -> None:
-    """dL/d[mu | logvar] into ``out`` from dL/dz and the KL of `reparameterise` (batch mean)."""
+def reparameterise_back(enc: np.ndarray, noise: np.ndarray, var: np.ndarray, d_z: np.ndarray,
+                        out: np.ndarray) -> None:
+    """dL/d[mu | logvar] into ``out`` from dL/dz and the KL (batch mean) of `reparameterise`.
+
+    ``noise`` and ``var`` are what `reparameterise` left in its ``eps`` and ``var``.
+    """
     (n, d), half = d_z.shape, np.float32(0.5)
     for i in range(n):
         for t in range(d):
-            mu, logvar = enc[i, t], enc[i, d + t]
-            std, var = np.exp(half * logvar), np.exp(logvar)
-            out[i, t] = d_z[i, t] + mu / n
-            out[i, d + t] = 0.5 * d_z[i, t] * eps[i, t] * std + 0.5 * (var - 1.0) / n
+            out[i, t] = d_z[i, t] + enc[i, t] / n
+            out[i, d + t] = half * d_z[i, t] * noise[i, t] + half * (var[i, t] - 1) / n
+
+
+@njit(cache=True, nogil=True)
+def discriminator_input(z: np.ndarray, p_y: np.ndarray, p_r: np.ndarray, p_s: np.ndarray,
+                        out: np.ndarray) -> None:
+    """D's input on real and shuffled rows: ``out`` (2N, 3k) from ``z = [z_x, z_y, z_s, z_r]`` (N, 4k).
+
+    Rows ``:N`` are ``[z_y, z_r, z_s]``; rows ``N:`` the same blocks with each block's rows
+    taken in its own order ``p_y``, ``p_r``, ``p_s`` (`strategies.fades.permute_blocks`).
+    One pass where torch made three index calls and two concatenations.
+    """
+    n, k = z.shape[0], z.shape[1] // 4
+    for i in range(n):
+        for t in range(k):
+            out[i, t], out[n + i, t] = z[i, k + t], z[p_y[i], k + t]
+            out[i, k + t], out[n + i, k + t] = z[i, 3 * k + t], z[p_r[i], 3 * k + t]
+            out[i, 2 * k + t], out[n + i, 2 * k + t] = z[i, 2 * k + t], z[p_s[i], 2 * k + t]
 
 
 @njit(cache=True, nogil=True)

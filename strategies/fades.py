@@ -79,7 +79,7 @@ from strategies.base import (
     weighted_cross_entropy,
 )
 from strategies.fades_cmi import LEAK, conditional_mutual_information, frozen_pair_probs
-from strategies.fades_update import manual_update, permute_blocks
+from strategies.fades_update import manual_update
 from strategies.flat_adam import FlatAdam
 from strategies.fused_adam import optimizer_step
 
@@ -123,6 +123,11 @@ class FadesConfig(MethodConfig):
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL of the diagonal Gaussian posterior to N(0, I), summed over dimensions, batch mean."""
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
+
+
+def permute_blocks(blocks: list[Tensor]) -> Tensor:
+    """Concatenate ``blocks`` after shuffling each over the batch independently (FactorVAE)."""
+    return torch.cat([b[torch.randperm(b.shape[0], device=b.device)] for b in blocks], dim=-1)
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:

@@ -94,21 +94,8 @@ def pair_cmi_grad(head: Sequence[Weighted], z_a: Tensor, z_r: Tensor, s: Tensor,
     r"""`conditional_mutual_information` of `frozen_pair_probs` and its gradients, by hand.
 
     The same value as autograd on those two functions, and its gradients with respect to
-    ``z_a`` and ``z_r`` (the head stays frozen), without autograd's graph. With
-    :math:`m_j` the marginal and :math:`c_j` the conditional of
-    `conditional_mutual_information`,
-
-    .. math::
-
-        \frac{\partial \hat I_\beta}{\partial q_{ij}}
-          = \frac{1-\beta}{N^2} H'(m_j) - \frac{[s_i=s_j]}{N \sum_k [s_k=s_j]} H'(c_j),
-
-    followed by the softmax, the second linear layer, the LeakyReLU and the split first
-    layer (`frozen_pair_probs`), summed over the pair axis each latent varies along.
-    Everything past the first layer's two (N, h) halves runs in one compiled kernel
-    (`strategies._fades_kernels`) that never holds the (N², h) activations: at batch 32
-    it took a FADES update from 5.3 to 4.5 ms against some forty torch calls over 1 MiB
-    tensors. Float32 tensors on the CPU (`strategies.fades_update`'s path).
+    ``z_a`` and ``z_r`` (the head stays frozen), without autograd's graph: `add_pair_cmi_grad`
+    on ``[z_a, z_r]``. Float32 tensors on the CPU (`strategies.fades_update`'s path).
 
     Parameters
     ----------
@@ -127,30 +114,75 @@ def pair_cmi_grad(head: Sequence[Weighted], z_a: Tensor, z_r: Tensor, s: Tensor,
     tuple of Tensor
         The scalar estimate, dÎ/dz_a and dÎ/dz_r.
     """
-    value, (g_a, w_a), (g_r, w_r) = pair_cmi_parts(head, z_a, z_r, s, beta, eps)
-    return torch.tensor(value, dtype=g_a.dtype), g_a @ w_a, g_r @ w_r
+    d_a = z_a.shape[1]
+    lat = torch.cat([z_a, z_r], dim=1).detach()
+    grad = torch.zeros_like(lat)
+    value = add_pair_cmi_grad(head, lat, (0, d_a, d_a), s, (beta, 1.0), grad, eps)
+    return torch.tensor(value, dtype=lat.dtype), grad[:, :d_a], grad[:, d_a:]
 
 
-def pair_cmi_parts(head: Sequence[Weighted], z_a: Tensor, z_r: Tensor, s: Tensor, beta: float = 0.5,
-                   eps: float = 1e-7) -> tuple[float, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """`pair_cmi_grad` before its last two products, for callers that add them up themselves.
+def add_pair_cmi_grad(head: Sequence[Weighted], lat: Tensor, cols: tuple[int, int, int], s: Tensor,
+                      weights: tuple[float, float], grad: Tensor, eps: float = 1e-7) -> float:
+    r"""Î_β of ``head`` on all latent pairs; adds ``scale`` times its gradient into ``grad``.
 
-    Returns the estimate, then (dÎ/d(first layer's z_a half), that half's weight) and the
-    same for z_r: dÎ/dz_a is the product of the first pair, dÎ/dz_r of the second.
+    With :math:`m_j` the marginal and :math:`c_j` the conditional of
+    `conditional_mutual_information`,
+
+    .. math::
+
+        \frac{\partial \hat I_\beta}{\partial q_{ij}}
+          = \frac{1-\beta}{N^2} H'(m_j) - \frac{[s_i=s_j]}{N \sum_k [s_k=s_j]} H'(c_j),
+
+    followed by the softmax, the second linear layer, the LeakyReLU and the split first
+    layer (`frozen_pair_probs`), summed over the pair axis each latent varies along.
+    The work on the N² pairs runs in compiled loops (`strategies._fades_pair_kernels`)
+    that never hold the (N², h) activations, where torch's forty-odd small calls over
+    1 MiB tensors cost more than the arithmetic; torch keeps the softmax (vectorised
+    exp) and the products, the first layer's two halves as one GEMM on ``[[z_a, 0], [0,
+    z_r]]`` and the gradient's two back to the latents as one (each small product paid
+    its own cold start: four GEMMs a step where there were eight).
+
+    Parameters
+    ----------
+    head : sequence of nn.Linear
+        As in `pair_cmi_grad`.
+    lat : Tensor
+        ``(N, L)`` row-major float32 latents, z_a and z_r among its columns.
+    cols : tuple of int
+        ``(ca, da, cr)``: z_a is ``lat[:, ca:ca + da]``, z_r the head's remaining inputs
+        from column ``cr``.
+    s : Tensor
+        ``(N,)`` integer codes of the conditioning variable.
+    weights : tuple of float
+        ``(beta, scale)``: the entropy weight of `conditional_mutual_information`, and the
+        factor on the gradient.
+    grad : Tensor
+        ``(N, L)`` row-major float32, updated in place at z_a's and z_r's columns.
+    eps : float
+        As in `conditional_mutual_information`.
+
+    Returns
+    -------
+    float
+        The estimate Î_β.
     """
     # Imported here: numba costs a process ~0.15 s to import, and only FADES needs these kernels.
     from strategies import _fades_pair_kernels as kernels
 
     (w1, b1), (w2, b2) = ((layer.weight.detach(), layer.bias.detach()) for layer in head)
-    n, d_a = z_a.shape
-    w_a, w_r = w1[:, :d_a], w1[:, d_a:]
-    # The first layer splits over the pair: W[z_a; z_r] + b = (W_a z_a + b) + W_r z_r.
-    a, r = torch.addmm(b1, z_a.detach(), w_a.T), z_r.detach() @ w_r.T
-    logits = a.new_empty(w2.shape[0], n, n)
-    a_, r_, w2_ = a.numpy(), r.numpy(), w2.numpy()
-    kernels.pair_logits(a_, r_, w2_, b2.numpy(), LEAK, logits.numpy())
-    g_a, g_r = torch.empty_like(a), torch.empty_like(r)
-    codes = np.ascontiguousarray(s.numpy(), dtype=np.int64)
+    n, (h, width) = lat.shape[0], w1.shape
+    x, halves = torch.empty(2 * n, width), torch.empty(2 * n, h)
+    kernels.pair_inputs(lat.numpy(), cols, x.numpy())
+    torch.mm(x, w1.T, out=halves)
+    a, r = halves.numpy()[:n], halves.numpy()[n:]
+    logits = torch.empty(w2.shape[0], n, n)
+    w2_ = w2.numpy()
+    kernels.pair_logits(a, r, b1.numpy(), w2_, b2.numpy(), LEAK, logits.numpy())
     probs = torch.softmax(logits, 0).numpy()
-    value = kernels.pair_grads(probs, codes, a_, r_, w2_, beta, eps, LEAK, g_a.numpy(), g_r.numpy())
-    return value, (g_a, w_a), (g_r, w_r)
+    codes = np.ascontiguousarray(s.numpy(), dtype=np.int64)
+    beta, scale = weights
+    # The gradient at both halves, then both products back to the latents in one GEMM.
+    g = torch.empty(2 * n, h)
+    value = kernels.pair_grads(probs, codes, a, r, w2_, (beta, eps, LEAK), g.numpy()[:n], g.numpy()[n:])
+    kernels.add_pair_grads(torch.mm(g, w1, out=x).numpy(), cols, scale, grad.numpy())
+    return value

@@ -5,7 +5,7 @@ step by step to float round-off, same random draws in the same order): the main 
 on encoder, decoder and heads, and the TC discriminator's. At batch 32 autograd's
 graph over some 40 small layers and fresh gradient tensors cost about as much as the
 arithmetic. The fairness term (the heads on all :math:`N^2` latent pairs) has its own
-hand-written gradient, `strategies.fades_cmi.pair_cmi_parts`. The GEMMs stay torch's;
+hand-written gradient, `strategies.fades_cmi.add_pair_cmi_grad`. The GEMMs stay torch's;
 the losses and the latent's bookkeeping between them are compiled kernels
 (`strategies._fades_kernels`), each working in place on a tensor it owns. Both steps
 go to the compiled Adam of `strategies.flat_adam.FlatAdam`.
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
 from strategies.base import Batch, grad_buffer
-from strategies.fades_cmi import LEAK, pair_cmi_parts
+from strategies.fades_cmi import LEAK, add_pair_cmi_grad
 from strategies.fused_adam import optimizer_step
 
 if TYPE_CHECKING:
@@ -36,11 +36,6 @@ _NETS = ("encoder", "decoder", "head_y", "head_s", "discriminator")
 Trace = tuple[Tensor, list[Tensor], list[Tensor]]
 #: `strategies._fades_kernels.leaky_back_`'s "no bias gradient".
 _NO_SUMS = np.empty(0, np.float32)
-
-
-def permute_blocks(blocks: list[Tensor]) -> Tensor:
-    """Concatenate ``blocks`` after shuffling each over the batch independently (FactorVAE)."""
-    return torch.cat([b[torch.randperm(b.shape[0], device=b.device)] for b in blocks], dim=-1)
 
 
 def linears(mlp: nn.Module) -> list[nn.Linear]:
@@ -74,30 +69,36 @@ def model_linears(model: Fades) -> dict[str, list[Layer]]:
     return nets
 
 
-def mlp_forward(layers: list[Layer], x: Tensor) -> Trace:
-    """Run the MLP of ``layers`` on ``x``, keeping what its backward needs."""
+def mlp_forward(layers: list[Layer], x: Tensor, last_bias: bool = True) -> Trace:
+    """Run the MLP of ``layers`` on ``x``, keeping what its backward needs.
+
+    Without ``last_bias`` the output lacks the last layer's bias, for a caller that adds
+    it in its own pass over the output.
+    """
     inputs, pres = [x], []
     h = torch.addmm(layers[0].bias, x, layers[0].weight_t)
-    for layer in layers[1:]:
+    for k, layer in enumerate(layers[1:], 2):
         pres.append(h)
         inputs.append(F.leaky_relu(h, LEAK))
-        h = torch.addmm(layer.bias, inputs[-1], layer.weight_t)
+        last = k == len(layers) and not last_bias
+        h = inputs[-1] @ layer.weight_t if last else torch.addmm(layer.bias, inputs[-1], layer.weight_t)
     return h, inputs, pres
 
 
 def mlp_backward(layers: list[Layer], d_out: Tensor, trace: Trace, weights: bool = True,
-                 d_input: bool = True) -> Tensor | None:
+                 d_input: bool = True, last_bias: bool = True) -> Tensor | None:
     """Backpropagate ``d_out`` through a `mlp_forward` trace.
 
-    Writes every layer's weight and bias gradient when ``weights``; returns dL/d(input)
-    when ``d_input`` (else None, saving the first layer's input product).
+    Writes every layer's weight and bias gradient when ``weights`` (but the last bias's
+    without ``last_bias``: the caller's pass over ``d_out`` wrote it); returns
+    dL/d(input) when ``d_input`` (else None, saving the first layer's input product).
     """
     # Imported here: numba costs a process ~0.15 s to import, and only FADES needs these kernels.
     from strategies import _fades_kernels as kernels
 
     _, inputs, pres = trace
     d = d_out
-    if weights:
+    if weights and last_bias:
         torch.sum(d, 0, out=grad_buffer(layers[-1].params[1]))
     for k in range(len(layers) - 1, -1, -1):
         if weights:
@@ -157,19 +158,20 @@ def _main_gradients(
     c, x, n = model.config, batch.x, batch.x.shape[0]
     enc = mlp_forward(nets["encoder"], x)
     eps = torch.randn(n, enc[0].shape[1] // 2, dtype=x.dtype)  # `Fades.encode`'s draw, in its order
-    z = torch.empty_like(eps)
-    kl = kernels.reparameterise(enc[0].numpy(), eps.numpy(), z.numpy())
+    z, var = torch.empty_like(eps), torch.empty_like(eps)
+    kl = kernels.reparameterise(enc[0].numpy(), eps.numpy(), z.numpy(), var.numpy())  # eps becomes eps·std
     _, z_y, z_s, z_r = z.chunk(4, dim=-1)
-    dec = mlp_forward(nets["decoder"], z)
-    diff = dec[0].sub_(x)  # the decoder's output is not needed past its residual
-    # The heads' inputs are views: [z_y, z_r] leads D's input [z_y, z_r, z_s], and
-    # [z_s, z_r] ends z = [z_x, z_y, z_s, z_r] (the products take strided rows).
-    tc_in = torch.cat([z_y, z_r, z_s], dim=-1)
-    head_y = mlp_forward(nets["head_y"], tc_in[:, :2 * z_y.shape[1]])
+    dec = mlp_forward(nets["decoder"], z, last_bias=False)  # `l1_residual_` adds the bias
+    # D's input [z_y, z_r, z_s] on the real rows, then on `strategies.fades.permute_blocks`' shuffle for D's
+    # own step (one pass for both), in one compiled pass: the permutations drawn as the
+    # autograd path draws them, after the noise.
+    both = torch.empty(2 * n, 3 * z_y.shape[1])
+    kernels.discriminator_input(z.numpy(), *(torch.randperm(n).numpy() for _ in range(3)), both.numpy())
+    # The heads' inputs are views: [z_y, z_r] leads D's input, and [z_s, z_r] ends z =
+    # [z_x, z_y, z_s, z_r] (the products take strided rows).
+    head_y = mlp_forward(nets["head_y"], both[:n, :2 * z_y.shape[1]])
     head_s = mlp_forward(nets["head_s"], z[:, 2 * z_y.shape[1]:])
-    # D on the permuted rows too, for its own step: one pass for both, and the permutation
-    # drawn before any other draw, as `Fades.update`'s autograd path draws it.
-    disc = mlp_forward(nets["discriminator"], torch.cat([tc_in, permute_blocks([z_y, z_r, z_s])]))
+    disc = mlp_forward(nets["discriminator"], both)
     tc = _rows(disc, n)
     groups = batch.group.numpy()
     known = groups >= 0
@@ -178,9 +180,12 @@ def _main_gradients(
                               c.lambda_cls)
     ce_s = kernels.softmax_ce_(head_s[0].numpy(), groups, np.ones(head_s[0].shape[1], np.float32),
                                c.lambda_cls * c.alpha)
-    recon = kernels.l1_sign_(diff.numpy(), 1.0 / n) / n  # diff becomes d(recon)/d(output)
+    # The decoder's output is not needed past its residual: it becomes d(recon)/d(output).
+    diff, last = dec[0], nets["decoder"][-1]
+    recon = kernels.l1_residual_(diff.numpy(), last.bias.numpy(), x.numpy(), 1.0 / n,
+                                 grad_buffer(last.params[1]).numpy()) / n
     terms = {"recon": recon, "kl": kl, "wce_y": wce, "ce_s": ce_s, "tc": float(tc[0].mean())}
-    d_z = mlp_backward(nets["decoder"], diff, dec)
+    d_z = mlp_backward(nets["decoder"], diff, dec, last_bias=False)
     d_yr = mlp_backward(nets["head_y"], head_y[0], head_y)
     d_sr = mlp_backward(nets["head_s"], head_s[0], head_s)
     if not known.any():  # autograd's CE(s) is then a constant: the head gets no gradient
@@ -191,13 +196,13 @@ def _main_gradients(
     if model.fair_on:
         terms["fair"] = _add_fairness_gradient(model, nets, (z, known), batch, d_z)
     d_enc = torch.empty_like(enc[0])
-    kernels.reparameterise_back(enc[0].numpy(), eps.numpy(), d_z.numpy(), d_enc.numpy())
+    kernels.reparameterise_back(enc[0].numpy(), eps.numpy(), var.numpy(), d_z.numpy(), d_enc.numpy())
     return terms, (d_enc, enc), disc
 
 
 def _add_fairness_gradient(model: Fades, nets: dict[str, list[Layer]], latent: tuple[Tensor, np.ndarray],
                            batch: Batch, d_z: Tensor) -> float:
-    """Add λ_fair · d(fair)/dz of `Fades.fairness` (`pair_cmi_parts`) to ``d_z``; return ``fair``.
+    """Add λ_fair · d(fair)/dz of `Fades.fairness` (`add_pair_cmi_grad`) to ``d_z``; return ``fair``.
 
     ``latent`` is the sampled z with the rows whose group is known.
     """
@@ -206,18 +211,15 @@ def _add_fairness_gradient(model: Fades, nets: dict[str, list[Layer]], latent: t
         return 0.0
     whole = bool(known.all())
     rows = slice(None) if whole else torch.from_numpy(known)
-    _, z_y, z_s, z_r = z[rows].chunk(4, dim=-1)
-    k, beta, scale = z_y.shape[1], model.config.beta, 0.5 * model.config.lambda_fair
-    # d(fair)/d[z_y, z_s, z_r], accumulated by the last products themselves (alpha = scale).
-    d = d_z[:, k:] if whole else d_z.new_zeros(z_y.shape[0], 3 * k)
+    lat = z if whole else z[rows]
+    k, beta, scale = z.shape[1] // 4, model.config.beta, 0.5 * model.config.lambda_fair
+    # d(fair)/dz over z = [z_x, z_y, z_s, z_r], added straight into d_z when every row counts.
+    d = d_z if whole else torch.zeros_like(lat)
     fair = 0.0
-    for head, z_a, s, block in (("head_y", z_y, batch.group[rows], 0), ("head_s", z_s, batch.y[rows], 1)):
-        value, (g_a, w_a), (g_r, w_r) = pair_cmi_parts(nets[head], z_a, z_r, s, beta)
-        d[:, block * k:(block + 1) * k].addmm_(g_a, w_a, alpha=scale)
-        d[:, 2 * k:].addmm_(g_r, w_r, alpha=scale)
-        fair += 0.5 * value
+    for head, s, col in (("head_y", batch.group, k), ("head_s", batch.y, 2 * k)):
+        fair += 0.5 * add_pair_cmi_grad(nets[head], lat, (col, k, 3 * k), s[rows], (beta, scale), d)
     if not whole:
-        d_z[rows, k:] += d
+        d_z[rows] += d
     return fair
 
 
