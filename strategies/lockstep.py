@@ -148,7 +148,7 @@ def train_group(x: Tensor, y: Tensor, group: RunGroup, config: MethodConfig) -> 
     q = (group.init[order][:, :, None] / lr.view(1, c, lcount, 1)).reshape(f, c * lcount, d1).contiguous()
     update = StackedUpdate(q, config, in_step=len(set(nbs)) == 1)
     gens = [torch.Generator().manual_seed(s) for s in group.seeds]
-    dro = DroState(group.dro, f, lcount) if group.dro is not None else None
+    dro = DroState(group.dro, f, group.lrs) if group.dro is not None else None
     # numpy's BLAS would otherwise use every core for these products, beside torch's threads.
     with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
         for _ in range(group.epochs):
@@ -177,7 +177,7 @@ def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGro
     xn, xbn, qn, zn, gtn = x.numpy(), xb.numpy(), q.numpy(), z.numpy(), gt.numpy()
     xb3n = xbn.reshape(f, b, d1)
     xbt = xb3n.transpose(0, 2, 1)
-    lr_rows, lrwd = lr.numpy().reshape(1, -1, 1), (lr * weight_decay).view(1, -1, 1)
+    lrwd = (lr * weight_decay).view(1, -1, 1)
     # The loop walks numpy views of the plan: a torch view (index or unbind) costs about a
     # microsecond each, a tenth of a small step.
     ks = [sum(1 for n in nbs if n > i) for i in range(nbs[0])]
@@ -195,8 +195,7 @@ def _run_epoch(x: Tensor, plan: dict[str, Tensor], nbs: list[int], group: RunGro
         if objective is None:
             ce_logit_grad_(z4n, lrs, wi, nywi, dz)
             np.matmul(dzn, xb3n, out=gtn)
-        else:
-            np.multiply(zn, lr_rows, out=zn)
+        else:  # the objective applies the learning rates itself
             np.matmul(objective(i, ks[i]), xb3n, out=gtn)
         if weight_decay:
             gt.addcmul_(q, lrwd)

@@ -73,8 +73,9 @@ class DroState:
     (`strategies._dro_kernels.dro_step`) here, in the engine's class-major layout (F, C, L, B).
     """
 
-    def __init__(self, dro: DroSpec, f: int, lcount: int) -> None:
-        self.eta = float(dro.eta)
+    def __init__(self, dro: DroSpec, f: int, lrs: tuple[float, ...]) -> None:
+        self.eta, lcount = float(dro.eta), len(lrs)
+        self.lrs = np.asarray(lrs, dtype=np.float32)
         # log q is what each step needs (q' = softmax(log q + step)); q's own log is kept.
         self.log_q = np.full((f, lcount, dro.n_groups), np.log(1.0 / dro.n_groups))
         self._steps: list[tuple[np.ndarray, ...]] = []
@@ -92,16 +93,22 @@ class DroState:
         """
         self._steps = list(zip(label.numpy(), cwy.numpy(), group.numpy(), inv.numpy(), strict=True))
 
+    def buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The (F, C, L, B) float32 array `grad` writes into, made once per shape."""
+        if self._dz.shape != shape:
+            self._dz = np.empty(shape, np.float32)
+        return self._dz
+
     def grad(self, z: np.ndarray, i: int, k: int) -> np.ndarray:
         """Logit gradient (F, C, L, B) of the robust loss at step ``i`` of the epoch.
 
-        ``z`` is (F, C, L, B) logits; q moves for the first ``k`` (active) folds only. The
+        ``z`` is (F, C, L, B) products before the learning rates (run (f, l)'s logits are
+        ``lrs[l] · z[f, :, l]``); q moves for the first ``k`` (active) folds only. The
         result is a buffer that the next step overwrites.
         """
-        if self._dz.shape != z.shape:
-            self._dz = np.empty(z.shape, np.float32)
-        self._kernel(z, *self._steps[i], self.log_q, k, self.eta, self._dz)
-        return self._dz
+        dz = self.buffer(z.shape)
+        self._kernel(z, self.lrs, *self._steps[i], self.log_q, k, self.eta, dz)
+        return dz
 
 
 def dro_spec(cls: type[Method], data: ArrayData, config: MethodConfig, spec: TaskSpec) -> DroSpec | None:

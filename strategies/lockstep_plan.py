@@ -68,19 +68,30 @@ def objective_grad(plan: dict[str, Tensor], group: RunGroup, dro: DroState | Non
                    ) -> Callable[[int, int], np.ndarray] | None:
     """The step ``(i, k) -> dZ`` (F, C·L, B) of GroupDRO's or MOE's objective; None for plain CE.
 
-    ``z4`` is the class-major (F, C, L, B) logit buffer, which GroupDRO's step takes as it
-    is; MOE's takes (F, B, L, C).
+    ``z4`` is the class-major (F, C, L, B) buffer of products before the learning rates
+    (run (f, l)'s logits are ``lrs[l] · z4[f, :, l]``), which GroupDRO's step takes as it
+    is; MOE's takes the logits as (F, B, L, C).
     """
     f, b = z4.shape[0], z4.shape[-1]
     zv = z4.transpose(0, 3, 2, 1)
 
-    def class_major(dz: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(dz.transpose(0, 3, 2, 1)).reshape(f, -1, b)
-
     if dro is not None:
         dro.epoch(plan["label"], plan["cwy"], *dro_plan(group.dro, plan["idx"].view(-1, f, b), plan["valid"]))
-        return lambda i, k: dro.grad(z4, i, k).reshape(f, -1, b)
+        dz = dro.buffer(z4.shape).reshape(f, -1, b)  # a view of what every step rewrites
+
+        def dro_step(i: int, k: int) -> np.ndarray:
+            dro.grad(z4, i, k)
+            return dz
+
+        return dro_step
     if group.moe is not None:
         steps = list(zip(*(plan[k].numpy() for k in ("onehot", "wr", "dom")), strict=True))
-        return lambda i, k: class_major(moe_grad(group.moe, zv, *steps[i]))
+        lr_rows = np.asarray(group.lrs, dtype=np.float32).reshape(1, 1, -1, 1)
+
+        def moe_step(i: int, k: int) -> np.ndarray:
+            np.multiply(z4, lr_rows, out=z4)
+            dz = moe_grad(group.moe, zv, *steps[i])
+            return np.ascontiguousarray(dz.transpose(0, 3, 2, 1)).reshape(f, -1, b)
+
+        return moe_step
     return None
