@@ -39,16 +39,21 @@ def _class_offsets(w2: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _leaky2(ai: np.ndarray, rj: np.ndarray, rk: np.ndarray, t: int, slope: np.float32,
+            ) -> tuple[np.float32, np.float32]:
+    """LeakyReLU(ai[t] + rj[t]) and LeakyReLU(ai[t] + rk[t]): hidden unit t of pairs (i, j), (i, k)."""
+    v, u = ai[t] + rj[t], ai[t] + rk[t]
+    return max(v, v * slope), max(u, u * slope)
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
 def _dots4(ai: np.ndarray, rj: np.ndarray, rk: np.ndarray, dw: np.ndarray, c: int, slope: np.float32,
            ) -> tuple[np.float32, ...]:
     """Rows c..c+3 of ``dw`` against LeakyReLU(ai + rj) and LeakyReLU(ai + rk)."""
     w0, w1, w2, w3 = dw[c], dw[c + 1], dw[c + 2], dw[c + 3]
     s0 = s1 = s2 = s3 = u0 = u1 = u2 = u3 = np.float32(0.0)
     for t in range(ai.shape[0]):
-        v = ai[t] + rj[t]
-        v = max(v, v * slope)
-        u = ai[t] + rk[t]
-        u = max(u, u * slope)
+        v, u = _leaky2(ai, rj, rk, t, slope)
         s0 += w0[t] * v
         s1 += w1[t] * v
         s2 += w2[t] * v
@@ -71,10 +76,7 @@ def _dots8(ai: np.ndarray, rj: np.ndarray, rk: np.ndarray, dw: np.ndarray, slope
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
     u0 = u1 = u2 = u3 = u4 = u5 = u6 = u7 = np.float32(0.0)
     for t in range(ai.shape[0]):
-        v = ai[t] + rj[t]
-        v = max(v, v * slope)
-        u = ai[t] + rk[t]
-        u = max(u, u * slope)
+        v, u = _leaky2(ai, rj, rk, t, slope)
         s0 += dw[0, t] * v
         s1 += dw[1, t] * v
         s2 += dw[2, t] * v
