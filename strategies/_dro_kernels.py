@@ -63,7 +63,8 @@ def dro_step(z: np.ndarray, lrs: np.ndarray, label: np.ndarray, cwy: np.ndarray,
     rate ``lrs[l]`` turns them into logits; ``label``, ``group`` (F, B) int64; ``cwy``
     (F, B) float32; ``inv`` (F, G) float32; ``log_q`` (F, L, G) float64. The softmax's
     normalisation waits for the weights: one multiply per logit, not a division and then
-    a multiply (with the learning rate here too, a lockstep step took 0.6× the time).
+    a multiply; with the learning rates applied here, not in a numpy pass before, the
+    call took 5.8 against 6.6 µs at batch 16 (the exp and log calls are most of it).
     """
     sums, q = np.empty(log_q.shape[2]), np.empty(log_q.shape[2])
     inv_total = np.empty(z.shape[3], np.float32)
